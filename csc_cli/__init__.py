@@ -1,0 +1,13 @@
+"""csc: convolutional sparse coding for real vision models.
+
+Public API::
+
+    from csc_cli import CSCConv2d, CSCConv1d
+    layer = CSCConv2d(3, 64, 3, padding=1, lam=0.1, steps=2)   # a drop-in for nn.Conv2d(3, 64, 3, padding=1)
+"""
+
+from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d
+
+__version__ = "0.1.0"
+
+__all__ = ["CSCConv1d", "CSCConv2d", "CSC_OPTION_DEFAULTS", "__version__"]

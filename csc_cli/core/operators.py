@@ -1,0 +1,352 @@
+"""The convolutional dictionary operator pair, for any conv geometry.
+
+A convolutional sparse coding layer with dictionary ``D`` (shaped like a conv weight,
+``(C_out, C_in / groups, *kernel)``) works with two linear maps:
+
+* ``A^T`` -- *analysis*: ``A^T x = conv(pad(x), D)``. This is exactly what ``nn.Conv1d``/``nn.Conv2d``
+  compute (without bias), so the code ``z`` has the conv's output shape.
+* ``A`` -- *synthesis*: the exact adjoint of ``A^T``, ``A z = pad^T(conv_transpose(z, D))``, with
+  output padding chosen so that ``A z`` has the input's shape, and ``pad^T`` the adjoint of the
+  padding (a crop for zeros, a fold for reflect/replicate/circular).
+
+Everything here is pure tensor math: no modules, no state, no I/O. Shapes follow PyTorch:
+``x`` is ``(N, C_in, *size)``, ``z`` is ``(N, C_out, *out_size)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+_CONV = {1: F.conv1d, 2: F.conv2d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
+
+IntOrTuple = Union[int, Sequence[int]]
+
+
+def _tuple(value: IntOrTuple, dim: int, name: str) -> Tuple[int, ...]:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a tuple of {dim} ints, got {value!r}")
+    if isinstance(value, int):
+        return (value,) * dim
+    try:
+        values = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a tuple of {dim} ints, got {value!r}") from None
+    if len(values) != dim:
+        raise ValueError(f"{name} must have {dim} entries for a {dim}-D conv, got {value!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Geometry of a convolution: everything but the weights.
+
+    ``padding`` is stored resolved, as one ``(before, after)`` pair per spatial dimension, so
+    ``'same'`` with an even kernel (asymmetric, as in PyTorch: the extra pixel goes after) and
+    ``'valid'`` need no special cases downstream.
+    """
+
+    dim: int
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Tuple[Tuple[int, int], ...]
+    dilation: Tuple[int, ...]
+    groups: int
+    padding_mode: str
+
+    @classmethod
+    def create(
+        cls,
+        dim: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: Union[str, IntOrTuple] = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+    ) -> "ConvGeometry":
+        """Validate nn.Conv-style arguments; every error names the argument at fault."""
+        if dim not in _CONV:
+            raise ValueError(f"dim must be 1 or 2, got {dim!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if in_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
+        if out_channels % groups:
+            raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
+        kernel = _tuple(kernel_size, dim, "kernel_size")
+        stride_t = _tuple(stride, dim, "stride")
+        dilation_t = _tuple(dilation, dim, "dilation")
+        if min(kernel) < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size!r}")
+        if min(stride_t) < 1:
+            raise ValueError(f"stride must be >= 1, got {stride!r}")
+        if min(dilation_t) < 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+        if isinstance(padding, str):
+            if padding == "valid":
+                pads = tuple((0, 0) for _ in range(dim))
+            elif padding == "same":
+                if max(stride_t) != 1:
+                    raise ValueError("padding='same' needs stride=1 (as in nn.Conv2d); give explicit padding")
+                pads = tuple(
+                    (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation_t)
+                )
+            else:
+                raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        else:
+            sym = _tuple(padding, dim, "padding")
+            if min(sym) < 0:
+                raise ValueError(f"padding must be >= 0, got {padding!r}")
+            pads = tuple((p, p) for p in sym)
+        return cls(dim, in_channels, out_channels, kernel, stride_t, pads, dilation_t, groups, padding_mode)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def weight_shape(self) -> Tuple[int, ...]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def _extent(self, i: int) -> int:
+        """Span of the dilated kernel along spatial dimension ``i``."""
+        return self.dilation[i] * (self.kernel_size[i] - 1) + 1
+
+    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """Spatial size of the code for an input of spatial size ``input_size``.
+
+        Raises ``ValueError`` when the input is too small for the kernel or, for reflect/circular
+        padding, for the padding -- the cases where ``A`` cannot be inverted to the input shape.
+        """
+        input_size = tuple(int(s) for s in input_size)
+        if len(input_size) != self.dim:
+            raise ValueError(f"expected {self.dim} spatial dims, got input size {input_size}")
+        out = []
+        for i, size in enumerate(input_size):
+            before, after = self.padding[i]
+            if self.padding_mode == "reflect" and max(before, after) >= size:
+                raise ValueError(
+                    f"reflect padding {max(before, after)} needs an input larger than it, got size {size}"
+                )
+            if self.padding_mode == "circular" and max(before, after) > size:
+                raise ValueError(
+                    f"circular padding {max(before, after)} needs an input at least as large, got size {size}"
+                )
+            padded = size + before + after
+            if padded < self._extent(i):
+                raise ValueError(
+                    f"input size {tuple(input_size)} is smaller than the kernel extent "
+                    f"{tuple(self._extent(j) for j in range(self.dim))} after padding"
+                )
+            out.append((padded - self._extent(i)) // self.stride[i] + 1)
+        return tuple(out)
+
+    def input_size_range(self, output_size: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+        """Per dimension, the (smallest, largest) input sizes that give ``output_size``."""
+        ranges = []
+        for i, size in enumerate(output_size):
+            before, after = self.padding[i]
+            smallest = (int(size) - 1) * self.stride[i] + self._extent(i) - before - after
+            ranges.append((max(smallest, 1), smallest + self.stride[i] - 1))
+        return tuple(ranges)
+
+    # ---------------------------------------------------------------- padding
+    @property
+    def _symmetric_zeros(self) -> bool:
+        return self.padding_mode == "zeros" and all(b == a for b, a in self.padding)
+
+    def _torch_pad(self) -> Tuple[int, ...]:
+        """The padding as F.pad wants it: last dimension first."""
+        flat: list = []
+        for before, after in reversed(self.padding):
+            flat += [before, after]
+        return tuple(flat)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``P x``: the padded input the convolution slides over."""
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        if not any(b or a for b, a in self.padding):
+            return x
+        return F.pad(x, self._torch_pad(), mode=mode)
+
+    def pad_adjoint(self, padded: Tensor) -> Tensor:
+        """``P^T p``: fold a padded tensor back onto the input grid (exact adjoint of ``pad``)."""
+        out = padded
+        for i, (before, after) in enumerate(self.padding):
+            if before or after:
+                out = _pad_adjoint_1d(out, 2 + i, before, after, self.padding_mode)
+        return out
+
+    # -------------------------------------------------------------- operators
+    def analysis(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``A^T x (+ bias)``: the convolution, with exactly ``nn.ConvNd``'s output shape."""
+        conv = _CONV[self.dim]
+        if self._symmetric_zeros:
+            return conv(x, weight, bias, self.stride, tuple(b for b, _ in self.padding), self.dilation, self.groups)
+        return conv(self.pad(x), weight, bias, self.stride, 0, self.dilation, self.groups)
+
+    def synthesis(self, z: Tensor, weight: Tensor, input_size: Sequence[int]) -> Tensor:
+        """``A z``: the exact adjoint of :meth:`analysis`, shaped like an input of ``input_size``."""
+        input_size = tuple(int(s) for s in input_size)
+        expected = self.output_size(input_size)
+        if tuple(z.shape[2:]) != expected:
+            raise ValueError(
+                f"code of spatial size {tuple(z.shape[2:])} does not come from an input of size "
+                f"{input_size} (expected {expected})"
+            )
+        conv_t = _CONV_T[self.dim]
+        if self._symmetric_zeros:
+            pads = tuple(b for b, _ in self.padding)
+            extra = tuple(
+                size + 2 * p - ((o - 1) * s + e)
+                for size, p, o, s, e in zip(
+                    input_size, pads, expected, self.stride, (self._extent(i) for i in range(self.dim))
+                )
+            )
+            return conv_t(z, weight, None, self.stride, pads, extra, self.groups, self.dilation)
+        padded = tuple(size + b + a for size, (b, a) in zip(input_size, self.padding))
+        extra = tuple(
+            p - ((o - 1) * s + self._extent(i)) for i, (p, o, s) in enumerate(zip(padded, expected, self.stride))
+        )
+        full = conv_t(z, weight, None, self.stride, 0, extra, self.groups, self.dilation)
+        return self.pad_adjoint(full)
+
+
+def _pad_adjoint_1d(p: Tensor, axis: int, before: int, after: int, mode: str) -> Tensor:
+    """Adjoint of padding one axis by (before, after) in ``mode``: every padded entry is added back
+    onto the input entry it was copied from (zeros padding copies nothing, so it is a crop)."""
+    size = p.shape[axis] - before - after
+    x = p.narrow(axis, before, size)
+    if mode == "zeros":
+        return x
+    x = x.clone()
+    head = p.narrow(axis, 0, before)
+    tail = p.narrow(axis, before + size, after)
+    if mode == "circular":
+        # P[i] = x[(i - before) mod size]
+        if before:
+            x.narrow(axis, size - before, before).add_(head)
+        if after:
+            x.narrow(axis, 0, after).add_(tail)
+    elif mode == "replicate":
+        # P[i] = x[clamp(i - before, 0, size - 1)]
+        if before:
+            x.narrow(axis, 0, 1).add_(head.sum(axis, keepdim=True))
+        if after:
+            x.narrow(axis, size - 1, 1).add_(tail.sum(axis, keepdim=True))
+    elif mode == "reflect":
+        # left pad is x[before], ..., x[1]; right pad is x[size-2], ..., x[size-1-after]
+        if before:
+            x.narrow(axis, 1, before).add_(head.flip(axis))
+        if after:
+            x.narrow(axis, size - 1 - after, after).add_(tail.flip(axis))
+    else:  # pragma: no cover - guarded by ConvGeometry.create
+        raise ValueError(f"unknown padding mode {mode!r}")
+    return x
+
+
+# ---------------------------------------------------------------------- norms
+def normalize_atoms(weight: Tensor, eps: float = 1e-12) -> Tensor:
+    """Atoms at unit l2 norm: ``weight[m] / ||weight[m]||_2`` for every output channel ``m``."""
+    flat = weight.reshape(weight.shape[0], -1)
+    norms = flat.norm(dim=1).clamp_min(eps)
+    return weight / norms.view(-1, *([1] * (weight.dim() - 1)))
+
+
+def _start_vector(geometry: ConvGeometry, size: Sequence[int], device, dtype) -> Tensor:
+    """A fixed, seeded start for power iteration: the same numbers on every device and run."""
+    gen = torch.Generator(device="cpu").manual_seed(0x5D)
+    v = torch.randn((1, geometry.in_channels, *size), generator=gen, dtype=torch.float64)
+    return (v / v.norm()).to(device=device, dtype=dtype)
+
+
+def _solver_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+@torch.no_grad()
+def power_iteration(
+    geometry: ConvGeometry,
+    weight: Tensor,
+    input_size: Sequence[int],
+    *,
+    v0: Tensor | None = None,
+    iters: int = 200,
+    min_iters: int = 20,
+    tol: float = 1e-6,
+) -> Tuple[Tensor, Tensor, int]:
+    """Estimate ``L = ||A||^2 = lambda_max(A A^T)`` at ``input_size`` by power iteration.
+
+    Works on the input side (``v <- A A^T v``). Returns ``(L, v, iterations)`` where ``L`` is the
+    Rayleigh quotient ``||A^T v||^2`` of the unit vector ``v`` -- always a lower bound of the true
+    value, approaching it from below. ``v0`` warm-starts (training refresh); without it the start is
+    fixed and seeded, so the estimate is a deterministic function of weight and size. Iteration stops
+    after ``min_iters`` once ``L`` changes by less than ``tol`` (relative), or after ``iters``.
+    Runs in float32 or float64 with autocast off, whatever the caller's precision.
+    """
+    size = tuple(int(s) for s in input_size)
+    dtype = _solver_dtype(weight.dtype)
+    w = weight.detach().to(dtype)
+    with torch.autocast(device_type=w.device.type, enabled=False):
+        if v0 is None or tuple(v0.shape) != (1, geometry.in_channels, *size):
+            v = _start_vector(geometry, size, w.device, dtype)
+        else:
+            v = v0.detach().to(device=w.device, dtype=dtype)
+            v = v / v.norm().clamp_min(torch.finfo(dtype).tiny)
+        lip = torch.zeros((), dtype=dtype, device=w.device)
+        done = 0
+        for done in range(1, iters + 1):
+            code = geometry.analysis(v, w)
+            new = code.square().sum()
+            back = geometry.synthesis(code, w, size)
+            v = back / back.norm().clamp_min(torch.finfo(dtype).tiny)
+            # The convergence test syncs with the device, so a fixed short run (a warm refresh
+            # with iters <= min_iters) never pays for it.
+            converged = min_iters <= done < iters and bool((new - lip).abs() <= tol * new)
+            lip = new
+            if converged:
+                break
+    return lip, v, done
+
+
+@torch.no_grad()
+def lipschitz_upper_bound(geometry: ConvGeometry, weight: Tensor, input_size: Sequence[int]) -> Tensor:
+    """A certified upper bound on ``||A||^2`` at ``input_size`` (Schur's test).
+
+    ``||A||^2 <= ||A||_1 ||A||_inf``, and the row/column sums of ``|A|`` are bounded by applying the
+    operators built from ``|D|`` to all-ones tensors (padding only ever copies entries, so it cannot
+    make a sum smaller). Loose (often 2-10x), but never below the truth at any size: useful as a
+    sanity check and as a cap.
+    """
+    size = tuple(int(s) for s in input_size)
+    w = weight.detach().abs().to(_solver_dtype(weight.dtype))
+    with torch.autocast(device_type=w.device.type, enabled=False):
+        ones_in = torch.ones((1, geometry.in_channels, *size), dtype=w.dtype, device=w.device)
+        row = geometry.analysis(ones_in, w).amax()
+        out_size = geometry.output_size(size)
+        ones_out = torch.ones((1, geometry.out_channels, *out_size), dtype=w.dtype, device=w.device)
+        col = geometry.synthesis(ones_out, w, size).amax()
+    return row * col
+
+
+def dense_matrix(geometry: ConvGeometry, weight: Tensor, input_size: Sequence[int]) -> Tensor:
+    """The analysis operator ``A^T`` as a dense ``(n_code, n_input)`` matrix, for small problems
+    (tests, inspection). Built column by column from one-hot inputs."""
+    size = tuple(int(s) for s in input_size)
+    n_in = geometry.in_channels * math.prod(size)
+    eye = torch.eye(n_in, dtype=weight.dtype, device=weight.device).view(n_in, geometry.in_channels, *size)
+    cols = geometry.analysis(eye, weight.detach()).reshape(n_in, -1)
+    return cols.T.contiguous()

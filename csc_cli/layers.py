@@ -1,0 +1,395 @@
+"""``CSCConv1d`` / ``CSCConv2d``: drop-in replacements for ``nn.Conv1d`` / ``nn.Conv2d``.
+
+A CSC layer returns the sparse code of its input under a convolutional dictionary whose atoms are
+the (unit-normalised) conv filters, computed by ``steps`` unrolled proximal-gradient steps of the
+convolutional Lasso. With ``steps=1`` it *is* a conv with a fixed negative bias and a ReLU.
+
+The layer is thin: the math lives in :mod:`csc_cli.core`. What it owns is state:
+
+* ``weight`` -- the dictionary, shaped like the conv weight it replaces (same parameter count);
+* ``lam`` -- a buffer (saved with the model); ``layer.lam = 0.3`` changes it in place;
+* ``lipschitz`` / ``lipschitz_size`` -- ``L = ||A||^2`` and the input size it was estimated at.
+  Training forwards refresh it by one warm-started power iteration (cold and converged when the
+  size changes); eval forwards only read it. An eval input of another size gets its own
+  deterministic, converged estimate (memoised, never written to the state), so the step is right
+  at every size and a loaded model uses the right step on its first forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .core.lasso import BACKWARDS, METHODS, SolverTrace, solve_lasso
+from .core.operators import ConvGeometry, normalize_atoms, power_iteration
+
+__all__ = ["CSCConv1d", "CSCConv2d", "CSC_OPTION_DEFAULTS"]
+
+#: The keyword-only CSC options every layer takes, with their defaults.
+CSC_OPTION_DEFAULTS: Dict[str, Any] = {
+    "lam": 0.1,
+    "steps": 2,
+    "nonneg": True,
+    "mu": 0.0,
+    "method": "fista",
+    "backward": "unrolled",
+    "step_scale": 0.9,
+    "power_iters": 1,
+    "cg_iters": 100,
+    "cg_tol": 1e-6,
+}
+
+_EVAL_CACHE_SIZE = 16
+
+
+def _check_lam(value: Union[float, Tensor]) -> float:
+    try:
+        lam = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"lam must be a non-negative number, got {value!r}") from None
+    if not lam >= 0 or math.isinf(lam):
+        raise ValueError(f"lam must be a finite number >= 0, got {value!r}")
+    return lam
+
+
+class _CSCConvNd(nn.Module):
+    _dim: int = 0
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = False,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        lam: float = 0.1,
+        steps: int = 2,
+        nonneg: bool = True,
+        mu: float = 0.0,
+        method: str = "fista",
+        backward: str = "unrolled",
+        step_scale: float = 0.9,
+        power_iters: int = 1,
+        cg_iters: int = 100,
+        cg_tol: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        geometry = ConvGeometry.create(
+            self._dim, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
+        )
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if not mu >= 0:
+            raise ValueError(f"mu must be >= 0, got {mu!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
+        if not 0 < step_scale <= 1:
+            raise ValueError(f"step_scale must be in (0, 1] (t * L <= 1 keeps FISTA stable), got {step_scale!r}")
+        if isinstance(power_iters, bool) or not isinstance(power_iters, int) or power_iters < 1:
+            raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}")
+        if cg_iters < 1 or not cg_tol > 0:
+            raise ValueError(f"cg_iters must be >= 1 and cg_tol > 0, got {cg_iters!r}, {cg_tol!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.geometry = geometry
+        self.steps = steps
+        self.nonneg = bool(nonneg)
+        self.mu = float(mu)
+        self.method = method
+        self.backward = backward
+        self.step_scale = float(step_scale)
+        self.power_iters = power_iters
+        self.cg_iters = int(cg_iters)
+        self.cg_tol = float(cg_tol)
+        # nn.Conv-compatible attributes, for code that inspects convs
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = geometry.kernel_size, geometry.stride, geometry.dilation
+        self.padding = padding if isinstance(padding, str) else tuple(b for b, _ in geometry.padding)
+        self.padding_mode = padding_mode
+        self.transposed = False
+
+        self.weight = nn.Parameter(torch.empty(geometry.weight_shape, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.register_buffer("lam", torch.tensor(_check_lam(lam), **factory))
+        self.register_buffer("lipschitz", torch.zeros((), **factory))
+        self.register_buffer("lipschitz_size", torch.zeros(self._dim, dtype=torch.long, device=device))
+        self.register_buffer("_power_vec", None, persistent=False)
+        # Python mirror of lipschitz_size, so eval forwards compare sizes without a device sync.
+        self._stored_size: Optional[Tuple[int, ...]] = None
+        self._eval_cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ construction
+    def reset_parameters(self) -> None:
+        """nn.Conv's initialisation (the atoms are normalised at use, so only directions matter)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+        self._forget_step_size()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, **options: Any) -> "_CSCConvNd":
+        """A CSC layer with ``conv``'s geometry whose dictionary is ``conv``'s weight (and whose
+        bias, if any, is ``conv``'s bias). ``options`` are the CSC keyword options."""
+        expected = nn.Conv1d if cls._dim == 1 else nn.Conv2d
+        if not isinstance(conv, expected) or conv.transposed:
+            raise ValueError(f"{cls.__name__}.from_conv needs an {expected.__name__}, got {type(conv).__name__}")
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            **options,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        layer.weight.requires_grad_(conv.weight.requires_grad)
+        layer._forget_step_size()
+        return layer
+
+    def csc_options(self) -> Dict[str, Any]:
+        """The CSC keyword options of this layer, as plain values (for model metadata)."""
+        return {
+            "lam": float(self.lam),
+            "steps": self.steps,
+            "nonneg": self.nonneg,
+            "mu": self.mu,
+            "method": self.method,
+            "backward": self.backward,
+            "step_scale": self.step_scale,
+            "power_iters": self.power_iters,
+            "cg_iters": self.cg_iters,
+            "cg_tol": self.cg_tol,
+        }
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "lam" and "lam" in self.__dict__.get("_buffers", {}):
+            # Keep lam a buffer (saved with the model, on the module's device) and check it.
+            self._buffers["lam"].fill_(_check_lam(value))
+            return
+        if name == "steps" and "steps" in self.__dict__:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"steps must be an int >= 1, got {value!r}")
+        super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------ step size
+    @property
+    def atoms(self) -> Tensor:
+        """The dictionary in use: ``weight[m] / ||weight[m]||_2``."""
+        return normalize_atoms(self.weight)
+
+    @property
+    def step_size(self) -> Tensor:
+        """``t = step_scale / L`` at the stored size (``lipschitz_size``)."""
+        if self._stored_size is None:
+            raise RuntimeError(
+                "no step size estimated yet: run a training forward or call refresh_step_size(size)"
+            )
+        return self.step_scale / self.lipschitz
+
+    def step_size_for(self, size: Sequence[int]) -> Tensor:
+        """The step a forward on an input of spatial ``size`` uses in the current mode (pure)."""
+        return self.step_scale / self._lipschitz_for(tuple(int(s) for s in size), self.atoms, refresh=False)
+
+    @torch.no_grad()
+    def refresh_step_size(self, size: Optional[Sequence[int]] = None, *, iters: int = 200) -> Tensor:
+        """Re-estimate and store ``L`` at ``size`` (default: the stored size) to convergence,
+        warm-started from the training power vector when there is one. Call it after changing the
+        weights by hand, or at the end of training. Returns the new step size."""
+        if size is None:
+            if self._stored_size is None:
+                raise ValueError("give the input size: this layer has no stored step size yet")
+            size = self._stored_size
+        size = tuple(int(s) for s in size)
+        self.geometry.output_size(size)  # validates the size
+        warm = self._power_vec if self._stored_size == size else None
+        lip, vec, _ = power_iteration(self.geometry, self.atoms, size, v0=warm, iters=iters)
+        self._store(lip, vec, size)
+        return self.step_size
+
+    def _store(self, lip: Tensor, vec: Tensor, size: Tuple[int, ...]) -> None:
+        self.lipschitz.copy_(lip)
+        self.lipschitz_size.copy_(torch.tensor(size))
+        self._power_vec = vec
+        self._stored_size = size
+        self._eval_cache.clear()
+
+    def _forget_step_size(self) -> None:
+        self.lipschitz.zero_()
+        self.lipschitz_size.zero_()
+        self._power_vec = None
+        self._stored_size = None
+        self._eval_cache.clear()
+
+    def _lipschitz_for(self, size: Tuple[int, ...], atoms: Tensor, refresh: bool) -> Tensor:
+        if refresh:
+            with torch.no_grad():
+                if self._stored_size == size and self._power_vec is not None:
+                    lip, vec, _ = power_iteration(
+                        self.geometry, atoms, size, v0=self._power_vec,
+                        iters=self.power_iters, min_iters=self.power_iters,
+                    )
+                else:  # first batch, or the size changed: cold and converged
+                    lip, vec, _ = power_iteration(self.geometry, atoms, size)
+                self._store(lip, vec, size)
+            # a copy: the buffer will change in place on the next training forward
+            return self.lipschitz.clone()
+        if self._stored_size == size:
+            return self.lipschitz
+        key = (size, atoms.device, atoms.dtype, self.weight._version, self.weight.data_ptr())
+        lip = self._eval_cache.get(key)
+        if lip is None:
+            lip, _, _ = power_iteration(self.geometry, atoms, size)
+            lip = lip.to(self.lipschitz.dtype)
+            self._eval_cache[key] = lip
+            while len(self._eval_cache) > _EVAL_CACHE_SIZE:
+                self._eval_cache.popitem(last=False)
+        return lip
+
+    # ------------------------------------------------------------------ forward
+    def _batched(self, x: Tensor, what: str) -> Tuple[Tensor, bool]:
+        if x.dim() == self._dim + 1:
+            return x.unsqueeze(0), True
+        if x.dim() != self._dim + 2:
+            raise ValueError(
+                f"{type(self).__name__} expects a {self._dim + 2}-D (batched) or {self._dim + 1}-D "
+                f"(unbatched) {what}, got shape {tuple(x.shape)}"
+            )
+        return x, False
+
+    def solve(
+        self,
+        x: Tensor,
+        *,
+        lam: Union[None, float, Tensor] = None,
+        steps: Optional[int] = None,
+        method: Optional[str] = None,
+        trace: bool = False,
+        z0: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Optional[SolverTrace]]:
+        """The sparse code of ``x`` (no bias) and, if asked, per-step diagnostics.
+
+        ``lam`` overrides the layer's (a number, or a per-sample ``(N,)`` tensor), ``steps`` and
+        ``method`` override the layer's for this call only. Refreshes the step size in training mode.
+        """
+        x, unbatched = self._batched(x, "input")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels but in_channels is {self.in_channels}")
+        size = tuple(x.shape[2:])
+        self.geometry.output_size(size)  # clear errors for inputs too small for the kernel/padding
+        atoms = self.atoms
+        lip = self._lipschitz_for(size, atoms, refresh=self.training)
+        lam_value = self.lam if lam is None else lam
+        if lam is not None and not isinstance(lam, Tensor):
+            lam_value = _check_lam(lam)
+        z, diag = solve_lasso(
+            x,
+            atoms,
+            self.geometry,
+            lam_value,
+            self.step_scale / lip,
+            self.steps if steps is None else steps,
+            nonneg=self.nonneg,
+            mu=self.mu,
+            method=self.method if method is None else method,
+            backward=self.backward,
+            z0=z0,
+            trace=trace,
+            cg_iters=self.cg_iters,
+            cg_tol=self.cg_tol,
+        )
+        return (z.squeeze(0) if unbatched else z), diag
+
+    def forward(self, x: Tensor, lam: Union[None, float, Tensor] = None) -> Tensor:
+        """The code of ``x`` (plus the bias, if any): the shape ``nn.ConvNd`` would return."""
+        z, _ = self.solve(x, lam=lam)
+        if self.bias is not None:
+            z = z + self.bias.view(-1, *([1] * self._dim))
+        return z
+
+    def decode(self, z: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
+        """``A z`` (the bias is not part of the code: pass ``forward(x) - bias``, or a code from
+        :meth:`solve`). ``output_size`` is the input's spatial size; by default the largest size
+        whose code has ``z``'s shape (unambiguous for stride 1; the usual even sizes otherwise)."""
+        z, unbatched = self._batched(z, "code")
+        if z.shape[1] != self.out_channels:
+            raise ValueError(f"code has {z.shape[1]} channels but out_channels is {self.out_channels}")
+        if output_size is None:
+            output_size = tuple(hi for _, hi in self.geometry.input_size_range(z.shape[2:]))
+        x = self.geometry.synthesis(z, self.atoms, tuple(output_size))
+        return x.squeeze(0) if unbatched else x
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Sync the Python mirror of the stored size with what was loaded. A state dict without a
+        # step size (e.g. plain conv weights loaded with strict=False) leaves none, so the first
+        # forward estimates it for the loaded weights instead of using a stale value.
+        self._eval_cache.clear()
+        self._power_vec = None
+        if prefix + "lipschitz" not in state_dict or prefix + "lipschitz_size" not in state_dict:
+            self._forget_step_size()
+            return
+        size = tuple(int(s) for s in self.lipschitz_size.tolist())
+        valid = all(s > 0 for s in size) and float(self.lipschitz) > 0
+        self._stored_size = size if valid else None
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding not in (0, (0,) * self._dim, "valid"):
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1,) * self._dim:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        s += f", lam={float(self.lam):g}, steps={self.steps}, nonneg={self.nonneg}"
+        if self.mu:
+            s += f", mu={self.mu:g}"
+        s += f", method={self.method!r}, backward={self.backward!r}, step_scale={self.step_scale:g}"
+        return s
+
+
+class CSCConv1d(_CSCConvNd):
+    """Convolutional sparse coding over sequences; same arguments as ``nn.Conv1d`` plus the
+    keyword-only CSC options (``lam, steps, nonneg, mu, method, backward, step_scale, ...``)."""
+
+    _dim = 1
+
+
+class CSCConv2d(_CSCConvNd):
+    """Convolutional sparse coding over images; same arguments as ``nn.Conv2d`` plus the
+    keyword-only CSC options (``lam, steps, nonneg, mu, method, backward, step_scale, ...``).
+
+    ``layer(x)`` is the code after ``steps`` proximal-gradient steps on
+    ``min_z lam ||z||_1 + mu/2 ||z||^2 + 1/2 ||x - A z||^2`` (``z >= 0`` if ``nonneg``), whose shape
+    is what ``nn.Conv2d`` would return; ``layer.decode(z)`` is ``A z``, shaped like the input.
+    """
+
+    _dim = 2
