@@ -40,11 +40,14 @@ CSC_OPTION_DEFAULTS: Dict[str, Any] = {
     "backward": "unrolled",
     "step_scale": 0.9,
     "power_iters": 1,
+    "power_tol": 1e-3,
+    "power_restart": 0.05,
     "cg_iters": 100,
     "cg_tol": 1e-6,
 }
 
 _EVAL_CACHE_SIZE = 16
+_WARM_MAX_ITERS = 50
 
 
 def _check_lam(value: Union[float, Tensor]) -> float:
@@ -82,6 +85,8 @@ class _CSCConvNd(nn.Module):
         backward: str = "unrolled",
         step_scale: float = 0.9,
         power_iters: int = 1,
+        power_tol: float = 1e-3,
+        power_restart: float = 0.05,
         cg_iters: int = 100,
         cg_tol: float = 1e-6,
     ) -> None:
@@ -101,6 +106,10 @@ class _CSCConvNd(nn.Module):
             raise ValueError(f"step_scale must be in (0, 1] (t * L <= 1 keeps FISTA stable), got {step_scale!r}")
         if isinstance(power_iters, bool) or not isinstance(power_iters, int) or power_iters < 1:
             raise ValueError(f"power_iters must be an int >= 1, got {power_iters!r}")
+        if not power_tol >= 0:
+            raise ValueError(f"power_tol must be >= 0, got {power_tol!r}")
+        if not power_restart > 0:
+            raise ValueError(f"power_restart must be > 0, got {power_restart!r}")
         if cg_iters < 1 or not cg_tol > 0:
             raise ValueError(f"cg_iters must be >= 1 and cg_tol > 0, got {cg_iters!r}, {cg_tol!r}")
         factory = {"device": device, "dtype": dtype}
@@ -112,6 +121,8 @@ class _CSCConvNd(nn.Module):
         self.backward = backward
         self.step_scale = float(step_scale)
         self.power_iters = power_iters
+        self.power_tol = float(power_tol)
+        self.power_restart = float(power_restart)
         self.cg_iters = int(cg_iters)
         self.cg_tol = float(cg_tol)
         # nn.Conv-compatible attributes, for code that inspects convs
@@ -126,7 +137,9 @@ class _CSCConvNd(nn.Module):
         self.register_buffer("lam", torch.tensor(_check_lam(lam), **factory))
         self.register_buffer("lipschitz", torch.zeros((), **factory))
         self.register_buffer("lipschitz_size", torch.zeros(self._dim, dtype=torch.long, device=device))
+        # training refresh state: the warm power block and the atoms it was computed for
         self.register_buffer("_power_vec", None, persistent=False)
+        self.register_buffer("_power_atoms", None, persistent=False)
         # Python mirror of lipschitz_size, so eval forwards compare sizes without a device sync.
         self._stored_size: Optional[Tuple[int, ...]] = None
         self._eval_cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
@@ -182,6 +195,8 @@ class _CSCConvNd(nn.Module):
             "backward": self.backward,
             "step_scale": self.step_scale,
             "power_iters": self.power_iters,
+            "power_tol": self.power_tol,
+            "power_restart": self.power_restart,
             "cg_iters": self.cg_iters,
             "cg_tol": self.cg_tol,
         }
@@ -227,14 +242,16 @@ class _CSCConvNd(nn.Module):
         size = tuple(int(s) for s in size)
         self.geometry.output_size(size)  # validates the size
         warm = self._power_vec if self._stored_size == size else None
-        lip, vec, _ = power_iteration(self.geometry, self.atoms, size, v0=warm, iters=iters)
-        self._store(lip, vec, size)
+        atoms = self.atoms
+        lip, vec, _ = power_iteration(self.geometry, atoms, size, v0=warm, iters=iters)
+        self._store(lip, vec, size, atoms)
         return self.step_size
 
-    def _store(self, lip: Tensor, vec: Tensor, size: Tuple[int, ...]) -> None:
+    def _store(self, lip: Tensor, vec: Tensor, size: Tuple[int, ...], atoms: Tensor) -> None:
         self.lipschitz.copy_(lip)
         self.lipschitz_size.copy_(torch.tensor(size))
         self._power_vec = vec
+        self._power_atoms = atoms.detach().clone()
         self._stored_size = size
         self._eval_cache.clear()
 
@@ -242,20 +259,34 @@ class _CSCConvNd(nn.Module):
         self.lipschitz.zero_()
         self.lipschitz_size.zero_()
         self._power_vec = None
+        self._power_atoms = None
         self._stored_size = None
         self._eval_cache.clear()
+
+    def _can_warm_start(self, size: Tuple[int, ...], atoms: Tensor) -> bool:
+        """Warm-start unless the size changed or the atoms moved more than ``power_restart``
+        (relative) since the last estimate: after a large update the new top eigen-direction can
+        be one the warm block barely contains, and a lagging estimate is an unsafe step."""
+        if self._stored_size != size or self._power_vec is None or self._power_atoms is None:
+            return False
+        if self.power_tol == 0:  # fixed-cost, sync-free refresh was asked for
+            return True
+        moved = (atoms.detach() - self._power_atoms).norm() / self._power_atoms.norm()
+        return bool(moved <= self.power_restart)
 
     def _lipschitz_for(self, size: Tuple[int, ...], atoms: Tensor, refresh: bool) -> Tensor:
         if refresh:
             with torch.no_grad():
-                if self._stored_size == size and self._power_vec is not None:
+                if self._can_warm_start(size, atoms):
+                    # warm, one vector (the first of a cold block is its power-iteration vector):
+                    # at least power_iters iterations, more while the estimate still moves
                     lip, vec, _ = power_iteration(
-                        self.geometry, atoms, size, v0=self._power_vec,
-                        iters=self.power_iters, min_iters=self.power_iters,
+                        self.geometry, atoms, size, v0=self._power_vec[:1], previous=self.lipschitz, block=1,
+                        iters=_WARM_MAX_ITERS, min_iters=self.power_iters, tol=self.power_tol,
                     )
-                else:  # first batch, or the size changed: cold and converged
+                else:  # first batch, new size, or a large update: cold and converged
                     lip, vec, _ = power_iteration(self.geometry, atoms, size)
-                self._store(lip, vec, size)
+                self._store(lip, vec, size, atoms)
             # a copy: the buffer will change in place on the next training forward
             return self.lipschitz.clone()
         if self._stored_size == size:
@@ -350,6 +381,7 @@ class _CSCConvNd(nn.Module):
         # forward estimates it for the loaded weights instead of using a stale value.
         self._eval_cache.clear()
         self._power_vec = None
+        self._power_atoms = None
         if prefix + "lipschitz" not in state_dict or prefix + "lipschitz_size" not in state_dict:
             self._forget_step_size()
             return

@@ -72,7 +72,7 @@ class LassoTerms:
 
 
 def _per_sample(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    return t.flatten(1).sum(dim=1)
 
 
 def _lam_view(lam: Tensor, ndim: int) -> Tensor:
@@ -144,7 +144,9 @@ def _iterate(
 
     def prox(v: Tensor) -> Tensor:
         if fold:
-            out = F.relu(v)
+            # in place: v is a fresh conv output that autograd does not keep (saves a pass and an
+            # allocation per step; relu keeps its output, which is what its backward needs)
+            out = F.relu(v, inplace=True)
             return out if _is_zero(mu_step) else out / (1.0 + mu_step)
         return prox_l1(v, thresh, nonneg=nonneg, mu_step=mu_step)
 
@@ -152,7 +154,7 @@ def _iterate(
         """``prox(y + t A^T (x - A grad_at))``; ``None`` stands for the all-zero code."""
         residual = x if grad_at is None else x - geometry.synthesis(grad_at, weight, size)
         v = geometry.analysis(residual, scaled, bias)
-        return prox(v if y is None else v + y)
+        return prox(v if y is None else v.add_(y))
 
     betas = fista_momentum(steps)
     z_prev: Optional[Tensor] = None

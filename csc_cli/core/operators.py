@@ -266,11 +266,30 @@ def normalize_atoms(weight: Tensor, eps: float = 1e-12) -> Tensor:
     return weight / norms.view(-1, *([1] * (weight.dim() - 1)))
 
 
-def _start_vector(geometry: ConvGeometry, size: Sequence[int], device, dtype) -> Tensor:
+def _start_block(geometry: ConvGeometry, size: Sequence[int], block: int, device, dtype) -> Tensor:
     """A fixed, seeded start for power iteration: the same numbers on every device and run."""
     gen = torch.Generator(device="cpu").manual_seed(0x5D)
-    v = torch.randn((1, geometry.in_channels, *size), generator=gen, dtype=torch.float64)
-    return (v / v.norm()).to(device=device, dtype=dtype)
+    v = torch.randn((block, geometry.in_channels, *size), generator=gen, dtype=torch.float64)
+    return _orthonormal_rows(v).to(device=device, dtype=dtype)
+
+
+def _orthonormal_rows(v: Tensor) -> Tensor:
+    """Orthonormalise the ``block`` vectors stacked along dim 0 (thin QR of the n x block matrix)."""
+    q, _ = torch.linalg.qr(v.flatten(1).T)
+    return q.T.reshape(v.shape)
+
+
+def _top_eigenvalue_psd(gram: Tensor, squarings: int = 6) -> Tensor:
+    """Largest eigenvalue of a small symmetric PSD matrix without leaving the device (no sync):
+    repeated squaring (``G^64``) then a Rayleigh quotient -- a lower bound, tight unless the top two
+    eigenvalues nearly tie, where either value is as good."""
+    g = gram
+    for _ in range(squarings):
+        g = g @ g
+        g = g / g.diagonal().sum().clamp_min(torch.finfo(g.dtype).tiny)
+    # G^64 is close to rank one (u u^T): its column with the largest diagonal entry is along u
+    v = g.index_select(1, g.diagonal().argmax().reshape(1)).squeeze(1)
+    return (v @ gram @ v) / (v @ v).clamp_min(torch.finfo(g.dtype).tiny)
 
 
 def _solver_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -284,37 +303,46 @@ def power_iteration(
     input_size: Sequence[int],
     *,
     v0: Tensor | None = None,
+    block: int = 4,
     iters: int = 200,
     min_iters: int = 20,
     tol: float = 1e-6,
+    previous: Tensor | None = None,
 ) -> Tuple[Tensor, Tensor, int]:
-    """Estimate ``L = ||A||^2 = lambda_max(A A^T)`` at ``input_size`` by power iteration.
+    """Estimate ``L = ||A||^2 = lambda_max(A A^T)`` at ``input_size`` by block power iteration.
 
-    Works on the input side (``v <- A A^T v``). Returns ``(L, v, iterations)`` where ``L`` is the
-    Rayleigh quotient ``||A^T v||^2`` of the unit vector ``v`` -- always a lower bound of the true
-    value, approaching it from below. ``v0`` warm-starts (training refresh); without it the start is
-    fixed and seeded, so the estimate is a deterministic function of weight and size. Iteration stops
-    after ``min_iters`` once ``L`` changes by less than ``tol`` (relative), or after ``iters``.
+    Iterates a block of ``block`` orthonormal vectors on the input side (``V <- orth(A A^T V)``)
+    and returns ``(L, V, iterations)`` with ``L`` the largest Ritz value of ``A A^T`` on ``span(V)``:
+    always a lower bound of the true value, approaching it from below. A block converges where a
+    single vector stalls on near-ties at the top of the spectrum; ``block=1`` is plain power
+    iteration (the cheap warm refresh during training).
+
+    ``v0`` (a previous ``V``) warm-starts the training refresh; without it the start is fixed and
+    seeded, so the estimate is a deterministic function of weight and size. Iteration stops after
+    ``min_iters`` once ``L`` changes by less than ``tol`` (relative) from one iteration to the next --
+    for the first, from ``previous`` (the last estimate, when warm-starting) -- or after ``iters``.
+    ``tol = 0`` runs exactly ``min_iters`` iterations and never syncs with the device.
     Runs in float32 or float64 with autocast off, whatever the caller's precision.
     """
     size = tuple(int(s) for s in input_size)
     dtype = _solver_dtype(weight.dtype)
     w = weight.detach().to(dtype)
+    block = max(1, min(block, geometry.in_channels * math.prod(size)))
     with torch.autocast(device_type=w.device.type, enabled=False):
-        if v0 is None or tuple(v0.shape) != (1, geometry.in_channels, *size):
-            v = _start_vector(geometry, size, w.device, dtype)
+        if v0 is None or tuple(v0.shape) != (block, geometry.in_channels, *size):
+            v = _start_block(geometry, size, block, w.device, dtype)
         else:
-            v = v0.detach().to(device=w.device, dtype=dtype)
-            v = v / v.norm().clamp_min(torch.finfo(dtype).tiny)
-        lip = torch.zeros((), dtype=dtype, device=w.device)
+            v = _orthonormal_rows(v0.detach().to(device=w.device, dtype=dtype))
+        lip = torch.zeros((), dtype=dtype, device=w.device) if previous is None else previous.to(dtype)
+        if tol <= 0:
+            iters = min_iters
         done = 0
         for done in range(1, iters + 1):
             code = geometry.analysis(v, w)
-            new = code.square().sum()
-            back = geometry.synthesis(code, w, size)
-            v = back / back.norm().clamp_min(torch.finfo(dtype).tiny)
-            # The convergence test syncs with the device, so a fixed short run (a warm refresh
-            # with iters <= min_iters) never pays for it.
+            flat = code.flatten(1)
+            new = _top_eigenvalue_psd(flat @ flat.T)  # V^T A A^T V
+            v = _orthonormal_rows(geometry.synthesis(code, w, size))
+            # The convergence test syncs with the device: a fixed count (tol = 0) never pays for it.
             converged = min_iters <= done < iters and bool((new - lip).abs() <= tol * new)
             lip = new
             if converged:

@@ -1,0 +1,32 @@
+# Quick start: `make demo` (creates .venv, installs, runs the demo), `make test` (the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+# constraints.txt pins the torch/torchvision pair that imports on the project's machines;
+# pyproject.toml keeps loose ranges for everyone else (see README, "Installing elsewhere").
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/csc demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/layer_speed.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

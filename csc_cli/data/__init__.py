@@ -1,0 +1,5 @@
+"""Datasets and transforms."""
+
+from .digits import load_digits
+
+__all__ = ["load_digits"]
