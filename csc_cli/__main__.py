@@ -1,5 +1,7 @@
 """``python -m csc_cli`` runs the ``csc`` command line."""
 
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

@@ -118,12 +118,13 @@ def _render_demo(result) -> None:
         console.print(f"wrote {path}")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: user errors become one line and exit code 1; ``--debug`` shows the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="csc", standalone_mode=False)
+        result = app(args=args, prog_name="csc", standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -135,9 +136,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages
         if debug:
             raise
-        err_console.print(f"[red]error:[/] {exc}  (run with --debug for the traceback)", highlight=False)
+        err_console.print(f"[red]error:[/] {exc}  (run with --debug for the traceback)", highlight=False,
+                          soft_wrap=True)
         sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The csc command line: help, the layer demo end to end, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from csc_cli.cli import main
+
+
+def run(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_commands(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "demo" in out and "version" in out
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "csc_cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_demo_json_end_to_end(capsys, tmp_path):
+    code, out, _ = run(["demo", "--max-images", "300", "--epochs", "1", "--atoms", "8", "--json",
+                        "--lam-grid", "0.05,0.4", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["train_images"] == 240 and result["test_images"] == 60
+    assert result["one_step_identity_error"] == 0.0  # K = 1 is conv + fixed bias + ReLU, exactly
+    low, high = result["sparsity_vs_lam"]
+    assert high["nonzero"] < low["nonzero"]  # a larger lambda gives sparser codes
+    gaps = [row["fista"] for row in result["convergence"]]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < gaps[0]  # more steps, closer to optimal
+    assert all(row["fista"] <= row["ista"] + 1e-9 for row in result["convergence"])
+    for path in result["images"]:
+        with open(path, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_table_renders(capsys):
+    code, out, _ = run(["demo", "--max-images", "200", "--epochs", "1", "--atoms", "4"], capsys)
+    assert code == 0
+    assert "Held-out codes vs lambda" in out and "K = 1 is conv + fixed bias + ReLU: holds" in out
+
+
+def test_user_error_is_one_line_without_traceback(capsys):
+    code, out, err = run(["demo", "--lambda", "-1", "--max-images", "50"], capsys)
+    assert code == 1
+    assert "lam must be" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(ValueError, match="lam"):
+        main(["--debug", "demo", "--lambda", "-1", "--max-images", "50"])
+
+
+def test_bad_option_value_exits_nonzero(capsys):
+    code, _, err = run(["demo", "--lam-grid", "a,b"], capsys)
+    assert code != 0 and "expected comma-separated numbers" in err
