@@ -92,11 +92,15 @@ def refresh_cost(device, dtype, repeats, batch=128, cin=3, cout=64, size=32):
     layer = CSCConv2d(cin, cout, 3, padding=1, steps=2).to(device, dtype).train()
     x = torch.randn(batch, cin, size, size, device=device, dtype=dtype)
     grad = torch.randn(batch, cout, size, size, device=device, dtype=dtype)
-    step = _fwd_bwd(layer, x, grad)
+    fwd_bwd = _fwd_bwd(layer, x, grad)
+    noise = 1e-3 * layer.weight.detach().abs().mean() * torch.randn_like(layer.weight)
 
-    def refresh():
+    def step():  # a training step, ending with a small update (an optimizer step's worth)
+        fwd_bwd()
         with torch.no_grad():
-            layer.weight.add_(1e-3 * layer.weight.abs().mean() * torch.randn_like(layer.weight))
+            layer.weight.add_(noise)
+
+    def refresh():  # what every training forward adds: the warm-started step-size refresh
         layer._lipschitz_for((size, size), layer.atoms, refresh=True)
 
     (t_step, t_refresh), _ = _interleaved_medians([step, refresh], repeats, device)

@@ -275,6 +275,8 @@ def _start_block(geometry: ConvGeometry, size: Sequence[int], block: int, device
 
 def _orthonormal_rows(v: Tensor) -> Tensor:
     """Orthonormalise the ``block`` vectors stacked along dim 0 (thin QR of the n x block matrix)."""
+    if v.shape[0] == 1:
+        return v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
     q, _ = torch.linalg.qr(v.flatten(1).T)
     return q.T.reshape(v.shape)
 
@@ -340,7 +342,7 @@ def power_iteration(
         for done in range(1, iters + 1):
             code = geometry.analysis(v, w)
             flat = code.flatten(1)
-            new = _top_eigenvalue_psd(flat @ flat.T)  # V^T A A^T V
+            new = flat.square().sum() if block == 1 else _top_eigenvalue_psd(flat @ flat.T)  # V^T A A^T V
             v = _orthonormal_rows(geometry.synthesis(code, w, size))
             # The convergence test syncs with the device: a fixed count (tol = 0) never pays for it.
             converged = min_iters <= done < iters and bool((new - lip).abs() <= tol * new)
