@@ -15,8 +15,9 @@ Everything here is pure tensor math: no modules, no state, no I/O. Shapes follow
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -51,7 +52,9 @@ class ConvGeometry:
 
     ``padding`` is stored resolved, as one ``(before, after)`` pair per spatial dimension, so
     ``'same'`` with an even kernel (asymmetric, as in PyTorch: the extra pixel goes after) and
-    ``'valid'`` need no special cases downstream.
+    ``'valid'`` need no special cases downstream. ``padding='tf_same'`` is TensorFlow's SAME (timm's
+    ``Conv2dSame``): zero padding that depends on the input size, so ``ceil(size / stride)`` outputs;
+    such a geometry is resolved to a static one per input size (:meth:`resolve`).
     """
 
     dim: int
@@ -63,6 +66,7 @@ class ConvGeometry:
     dilation: Tuple[int, ...]
     groups: int
     padding_mode: str
+    tf_same: bool = False
 
     @classmethod
     def create(
@@ -98,8 +102,14 @@ class ConvGeometry:
             raise ValueError(f"dilation must be >= 1, got {dilation!r}")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+        tf_same = False
         if isinstance(padding, str):
-            if padding == "valid":
+            if padding == "tf_same":
+                if padding_mode != "zeros":
+                    raise ValueError("padding='tf_same' pads with zeros: use padding_mode='zeros'")
+                tf_same = True
+                pads = tuple((0, 0) for _ in range(dim))
+            elif padding == "valid":
                 pads = tuple((0, 0) for _ in range(dim))
             elif padding == "same":
                 if max(stride_t) != 1:
@@ -108,13 +118,17 @@ class ConvGeometry:
                     (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation_t)
                 )
             else:
-                raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+                raise ValueError(f"padding must be an int, a tuple, 'same', 'valid' or 'tf_same', got {padding!r}")
         else:
             sym = _tuple(padding, dim, "padding")
             if min(sym) < 0:
                 raise ValueError(f"padding must be >= 0, got {padding!r}")
             pads = tuple((p, p) for p in sym)
-        return cls(dim, in_channels, out_channels, kernel, stride_t, pads, dilation_t, groups, padding_mode)
+        return cls(dim, in_channels, out_channels, kernel, stride_t, pads, dilation_t, groups, padding_mode, tf_same)
+
+    def resolve(self, input_size: Sequence[int]) -> "ConvGeometry":
+        """The static geometry used for an input of ``input_size`` (itself unless ``tf_same``)."""
+        return _resolve_tf_same(self, tuple(int(s) for s in input_size)) if self.tf_same else self
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -134,6 +148,8 @@ class ConvGeometry:
         input_size = tuple(int(s) for s in input_size)
         if len(input_size) != self.dim:
             raise ValueError(f"expected {self.dim} spatial dims, got input size {input_size}")
+        if self.tf_same:
+            return self.resolve(input_size).output_size(input_size)
         out = []
         for i, size in enumerate(input_size):
             before, after = self.padding[i]
@@ -157,6 +173,8 @@ class ConvGeometry:
     def input_size_range(self, output_size: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
         """Per dimension, the (smallest, largest) input sizes that give ``output_size``."""
         ranges = []
+        if self.tf_same:  # ceil(size / stride) outputs
+            return tuple(((int(o) - 1) * s + 1, int(o) * s) for o, s in zip(output_size, self.stride))
         for i, size in enumerate(output_size):
             before, after = self.padding[i]
             smallest = (int(size) - 1) * self.stride[i] + self._extent(i) - before - after
@@ -177,6 +195,8 @@ class ConvGeometry:
 
     def pad(self, x: Tensor) -> Tensor:
         """``P x``: the padded input the convolution slides over."""
+        if self.tf_same:
+            return self.resolve(x.shape[2:]).pad(x)
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         if not any(b or a for b, a in self.padding):
             return x
@@ -184,6 +204,8 @@ class ConvGeometry:
 
     def pad_adjoint(self, padded: Tensor) -> Tensor:
         """``P^T p``: fold a padded tensor back onto the input grid (exact adjoint of ``pad``)."""
+        if self.tf_same:
+            raise ValueError("a tf_same geometry pads by input size: resolve(input_size) first")
         out = padded
         for i, (before, after) in enumerate(self.padding):
             if before or after:
@@ -193,6 +215,8 @@ class ConvGeometry:
     # -------------------------------------------------------------- operators
     def analysis(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``A^T x (+ bias)``: the convolution, with exactly ``nn.ConvNd``'s output shape."""
+        if self.tf_same:
+            return self.resolve(x.shape[2:]).analysis(x, weight, bias)
         conv = _CONV[self.dim]
         if self._symmetric_zeros:
             return conv(x, weight, bias, self.stride, tuple(b for b, _ in self.padding), self.dilation, self.groups)
@@ -201,6 +225,8 @@ class ConvGeometry:
     def synthesis(self, z: Tensor, weight: Tensor, input_size: Sequence[int]) -> Tensor:
         """``A z``: the exact adjoint of :meth:`analysis`, shaped like an input of ``input_size``."""
         input_size = tuple(int(s) for s in input_size)
+        if self.tf_same:
+            return self.resolve(input_size).synthesis(z, weight, input_size)
         expected = self.output_size(input_size)
         if tuple(z.shape[2:]) != expected:
             raise ValueError(
@@ -223,6 +249,15 @@ class ConvGeometry:
         )
         full = conv_t(z, weight, None, self.stride, 0, extra, self.groups, self.dilation)
         return self.pad_adjoint(full)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_tf_same(geometry: ConvGeometry, input_size: Tuple[int, ...]) -> ConvGeometry:
+    pads = []
+    for size, k, s, d in zip(input_size, geometry.kernel_size, geometry.stride, geometry.dilation):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return replace(geometry, padding=tuple(pads), tf_same=False)
 
 
 def _pad_adjoint_1d(p: Tensor, axis: int, before: int, after: int, mode: str) -> Tensor:
@@ -306,9 +341,9 @@ def power_iteration(
     *,
     v0: Tensor | None = None,
     block: int = 4,
-    iters: int = 200,
-    min_iters: int = 20,
-    tol: float = 1e-6,
+    iters: int = 100,
+    min_iters: int = 10,
+    tol: float = 1e-4,
     previous: Tensor | None = None,
 ) -> Tuple[Tensor, Tensor, int]:
     """Estimate ``L = ||A||^2 = lambda_max(A A^T)`` at ``input_size`` by block power iteration.
@@ -328,7 +363,7 @@ def power_iteration(
     """
     size = tuple(int(s) for s in input_size)
     dtype = _solver_dtype(weight.dtype)
-    w = weight.detach().to(dtype)
+    w = weight.detach().to(dtype).contiguous()  # same numbers whatever the memory format
     block = max(1, min(block, geometry.in_channels * math.prod(size)))
     with torch.autocast(device_type=w.device.type, enabled=False):
         if v0 is None or tuple(v0.shape) != (block, geometry.in_channels, *size):

@@ -39,7 +39,7 @@ def test_power_iteration_converges_to_exact_norm(case, size, gen):
     est, _, iters = power_iteration(geom, atoms, size)
     # a Rayleigh quotient: never above the truth, and converged to well within the 10% margin
     assert float(est) <= exact * (1 + 1e-9)
-    assert float(est) >= 0.995 * exact, (float(est), exact, iters)
+    assert float(est) >= 0.99 * exact, (float(est), exact, iters)  # the step needs >= 0.9
     assert float(lipschitz_upper_bound(geom, atoms, size)) >= exact * (1 - 1e-9)
 
 

@@ -1,0 +1,341 @@
+"""Turn the convolutions of any ``nn.Module`` into CSC layers: find, plan, replace, report.
+
+``convert(model, layers='all', **csc_options) -> (model, plan)`` replaces each chosen convolution in
+place by a :class:`~csc_cli.layers.CSCConv2d` (or ``CSCConv1d``) of the same geometry whose dictionary
+is the conv's weight, so the model class, its API (timm's ``forward_features``, ``forward_head``,
+``reset_classifier``, ``pretrained_cfg``...), dtype, device and memory format are unchanged. The plan
+lists every convolution found, with its geometry, the action taken and, for each one skipped, why.
+
+Understood convolutions: ``nn.Conv1d``/``nn.Conv2d`` with any stride, padding, dilation, groups and
+padding mode, and timm's ``Conv2dSame`` (TF 'SAME' padding computed per input size), ``StdConv2d``,
+``StdConv2dSame``, ``ScaledStdConv2d``, ``ScaledStdConv2dSame`` (the dictionary is the standardised
+weight). Composite convolutions (``MixedConv2d``, separable convs) are converted through their child
+convolutions. What cannot be a fixed dictionary (``CondConv2d``'s per-sample kernels, transposed or
+3-D convolutions, convs with an unknown custom forward) is skipped with a reason, never silently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d, _CSCConvNd
+
+__all__ = ["ConvPlanEntry", "ConversionPlan", "convert", "find_convs", "replace_module", "csc_layer_for"]
+
+_CSC_OPTIONS = set(CSC_OPTION_DEFAULTS)
+
+
+@dataclass
+class ConvPlanEntry:
+    """One convolution found in the model."""
+
+    name: str
+    kind: str  # class name
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Any
+    dilation: Tuple[int, ...]
+    groups: int
+    padding_mode: str
+    action: str  # 'replace', 'skip' or 'keep' (already a CSC layer)
+    reason: str = ""
+    aliases: List[str] = field(default_factory=list)  # other names of the same (shared) module
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_channels
+
+
+@dataclass
+class ConversionPlan:
+    """Every convolution found, what was (or would be) done with it, and why."""
+
+    entries: List[ConvPlanEntry]
+    reparameterized: bool = False
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def replaced(self) -> List[ConvPlanEntry]:
+        return [e for e in self.entries if e.action == "replace"]
+
+    @property
+    def skipped(self) -> List[ConvPlanEntry]:
+        return [e for e in self.entries if e.action == "skip"]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "reparameterized": self.reparameterized,
+            "notes": list(self.notes),
+            "counts": {a: sum(e.action == a for e in self.entries) for a in ("replace", "skip", "keep")},
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+
+# ----------------------------------------------------------------------------- discovery
+def _timm_classes() -> Dict[str, type]:
+    try:
+        from timm import layers as tl
+    except ImportError:  # pragma: no cover - timm is a core dependency
+        return {}
+    names = ["Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame", "CondConv2d"]
+    return {n: getattr(tl, n) for n in names if hasattr(tl, n)}
+
+
+def _conv_kind(module: nn.Module) -> Optional[str]:
+    """How ``module`` is understood: 'conv', 'same', 'std', 'std_same', 'csc', a skip reason
+    prefixed with '!', or None when it is not a convolution at all."""
+    timm = _timm_classes()
+    if isinstance(module, _CSCConvNd):
+        return "csc"
+    if "CondConv2d" in timm and isinstance(module, timm["CondConv2d"]):
+        return "!per-sample (conditionally parameterised) kernels are not a fixed dictionary"
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "!transposed convolution: it is a synthesis operator already, not an analysis conv"
+    if isinstance(module, nn.Conv3d):
+        return "!3-D convolutions are not supported (CSCConv1d and CSCConv2d only)"
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        return "!lazy convolution with uninitialised weights: run one forward first"
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return None
+    cls = type(module)
+    for name, kind in (("StdConv2dSame", "std_same"), ("ScaledStdConv2dSame", "std_same"),
+                       ("StdConv2d", "std"), ("ScaledStdConv2d", "std"), ("Conv2dSame", "same")):
+        if name in timm and cls is timm[name]:
+            return kind
+    if cls.forward is not nn.Conv1d.forward and cls.forward is not nn.Conv2d.forward:
+        return f"!{cls.__name__} has its own forward with unknown semantics"
+    return "conv"
+
+
+def find_convs(model: nn.Module) -> List[Tuple[str, nn.Module, str, List[str]]]:
+    """``(name, module, kind, aliases)`` for every convolution-like module, in registration order.
+    A module registered under several names (shared weights) appears once, with its other names."""
+    seen: Dict[int, int] = {}
+    found: List[Tuple[str, nn.Module, str, List[str]]] = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        kind = _conv_kind(module)
+        if kind is None:
+            continue
+        if id(module) in seen:
+            found[seen[id(module)]][3].append(name)
+            continue
+        seen[id(module)] = len(found)
+        found.append((name, module, kind, []))
+    return found
+
+
+def _entry(name: str, module: nn.Module, action: str, reason: str, aliases: List[str]) -> ConvPlanEntry:
+    tf_same = _conv_kind(module) in ("same",) or getattr(module, "same_pad", False)
+    return ConvPlanEntry(
+        name=name,
+        kind=type(module).__name__,
+        in_channels=module.in_channels,
+        out_channels=module.out_channels,
+        kernel_size=tuple(module.kernel_size),
+        stride=tuple(module.stride),
+        padding="tf_same" if tf_same else (module.padding if isinstance(module.padding, str) else tuple(module.padding)),
+        dilation=tuple(module.dilation),
+        groups=module.groups,
+        padding_mode=getattr(module, "padding_mode", "zeros"),
+        action=action,
+        reason=reason,
+        aliases=list(aliases),
+    )
+
+
+# ----------------------------------------------------------------------------- selection
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _as_list(value: Union[None, str, Sequence[str]]) -> List[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _select(
+    convs: List[Tuple[str, nn.Module, str, List[str]]],
+    layers: Union[str, Sequence[str]],
+    include: Sequence[str],
+    exclude: Sequence[str],
+    kernel_sizes: Optional[Sequence[int]],
+    depthwise: Optional[bool],
+) -> Dict[str, str]:
+    """Map each convertible conv name to '' (chosen) or the reason it was not chosen."""
+    convertible = [(n, m, k) for n, m, k, _ in convs if not k.startswith("!") and k != "csc"]
+    if layers == "all":
+        chosen = {n for n, _, _ in convertible}
+        why_not = ""
+    elif layers == "stem":
+        chosen = {convertible[0][0]} if convertible else set()
+        why_not = "not the stem (the first convolution)"
+    else:
+        patterns = _as_list(layers)
+        chosen = {n for n, _, _ in convertible if _matches(n, patterns)}
+        if not chosen:
+            raise ValueError(f"layers {patterns} match no convolution (names look like {convertible[0][0]!r})"
+                             if convertible else "the model has no convolution to convert")
+        why_not = f"not matched by {patterns}"
+    reasons: Dict[str, str] = {}
+    for name, module, _ in convertible:
+        if name not in chosen:
+            reasons[name] = why_not
+        elif include and not _matches(name, include):
+            reasons[name] = f"not in include {list(include)}"
+        elif exclude and _matches(name, exclude):
+            reasons[name] = f"excluded by {list(exclude)}"
+        elif kernel_sizes is not None and not all(k in kernel_sizes for k in module.kernel_size):
+            reasons[name] = f"kernel size {tuple(module.kernel_size)} not in {sorted(kernel_sizes)}"
+        elif depthwise is not None and (module.groups > 1 and module.groups == module.in_channels) != depthwise:
+            reasons[name] = "depthwise" if not depthwise else "not depthwise"
+        else:
+            reasons[name] = ""
+    for pattern in include:
+        if not any(_matches(n, [pattern]) for n, _, _ in convertible):
+            raise ValueError(f"include pattern {pattern!r} matches no convolution")
+    return reasons
+
+
+# ----------------------------------------------------------------------------- replacement
+@torch.no_grad()
+def _dictionary(module: nn.Module, kind: str) -> torch.Tensor:
+    """The weight the conv actually applies: for weight-standardised convs, the standardised one."""
+    if kind in ("std", "std_same"):
+        scale = None
+        if hasattr(module, "gain") and hasattr(module, "scale"):
+            scale = (module.gain * module.scale).reshape(-1)
+        return F.batch_norm(
+            module.weight.reshape(1, module.out_channels, -1), None, None, weight=scale,
+            training=True, momentum=0.0, eps=module.eps,
+        ).reshape_as(module.weight)
+    return module.weight.detach()
+
+
+def csc_layer_for(module: nn.Module, kind: Optional[str] = None, **options: Any) -> _CSCConvNd:
+    """A CSC layer with ``module``'s geometry, dtype, device, memory format, training flag and
+    ``requires_grad``, whose dictionary is the weight ``module`` applies (and bias its bias)."""
+    kind = kind or _conv_kind(module)
+    if kind is None or kind.startswith("!") or kind == "csc":
+        raise ValueError(f"{type(module).__name__} cannot become a CSC layer: {kind or 'not a convolution'}")
+    unknown = set(options) - _CSC_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown CSC option(s) {sorted(unknown)}; valid: {sorted(_CSC_OPTIONS)}")
+    cls = CSCConv1d if isinstance(module, nn.Conv1d) else CSCConv2d
+    tf_same = kind == "same" or (kind == "std_same" and getattr(module, "same_pad", False))
+    weight = module.weight
+    layer = cls(
+        module.in_channels, module.out_channels, module.kernel_size,
+        stride=module.stride,
+        padding="tf_same" if tf_same else module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
+        device=weight.device,
+        dtype=weight.dtype,
+        **options,
+    )
+    with torch.no_grad():
+        layer.weight.copy_(_dictionary(module, kind))
+        if module.bias is not None:
+            layer.bias.copy_(module.bias)
+    if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        layer.to(memory_format=torch.channels_last)
+    layer.weight.requires_grad_(weight.requires_grad)
+    if module.bias is not None:
+        layer.bias.requires_grad_(module.bias.requires_grad)
+    layer.train(module.training)
+    layer._forget_step_size()
+    return layer
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Set the submodule at dotted ``name`` to ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _has_reparameterizable(model: nn.Module) -> bool:
+    return any(hasattr(m, a) for m in model.modules() if m is not model
+               for a in ("fuse", "reparameterize", "switch_to_deploy"))
+
+
+def convert(
+    model: nn.Module,
+    layers: Union[str, Sequence[str]] = "all",
+    *,
+    include: Union[None, str, Sequence[str]] = None,
+    exclude: Union[None, str, Sequence[str]] = None,
+    kernel_sizes: Optional[Sequence[int]] = None,
+    depthwise: Optional[bool] = None,
+    reparameterize: Union[bool, str] = "auto",
+    dry_run: bool = False,
+    **csc_options: Any,
+) -> Tuple[nn.Module, ConversionPlan]:
+    """Replace the chosen convolutions of ``model`` (in place) by CSC layers.
+
+    Args:
+        layers: ``'all'``, ``'stem'`` (the first convolution, in registration order -- the input
+            path's first conv in timm and torchvision models), or glob pattern(s) on module names.
+        include / exclude: further glob filters on module names.
+        kernel_sizes: only convs whose kernel sizes are all in this set (e.g. ``[3]``).
+        depthwise: ``True`` only depthwise convs, ``False`` no depthwise convs, ``None`` both.
+        reparameterize: models with branches that fuse at inference (RepVGG, MobileOne, FastViT)
+            are fused first with timm's ``reparameterize_model`` when ``'auto'``/``True``; ``False``
+            refuses them.
+        dry_run: plan only, change nothing.
+        csc_options: the CSC layers' options (``lam``, ``steps``, ``nonneg``, ...).
+
+    Returns ``(model, plan)``. Converting a converted model again changes nothing.
+    """
+    unknown = set(csc_options) - _CSC_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown CSC option(s) {sorted(unknown)}; valid: {sorted(_CSC_OPTIONS)}")
+    notes: List[str] = []
+    reparam = False
+    if _has_reparameterizable(model):
+        if reparameterize is False:
+            raise ValueError("this model has re-parameterisable branches (RepVGG/MobileOne style): "
+                             "fuse them first (reparameterize='auto') or convert another model")
+        if not dry_run:
+            from timm.utils.model import reparameterize_model
+
+            reparameterize_model(model, inplace=True)
+            reparam = True
+            notes.append("re-parameterisable branches fused first (timm reparameterize_model)")
+        else:
+            notes.append("re-parameterisable branches would be fused first (timm reparameterize_model)")
+    convs = find_convs(model)
+    if not convs:
+        raise ValueError("the model has no convolution to convert")
+    reasons = _select(convs, layers, _as_list(include), _as_list(exclude), kernel_sizes, depthwise)
+    entries: List[ConvPlanEntry] = []
+    for name, module, kind, aliases in convs:
+        if kind == "csc":
+            entries.append(_entry(name, module, "keep", "already a CSC layer", aliases))
+        elif kind.startswith("!"):
+            entries.append(_entry(name, module, "skip", kind[1:], aliases))
+        elif reasons[name]:
+            entries.append(_entry(name, module, "skip", reasons[name], aliases))
+        else:
+            entry = _entry(name, module, "replace", "", aliases)
+            if kind in ("std", "std_same"):
+                entry.reason = "dictionary = the standardised weight"
+            elif kind == "same":
+                entry.reason = "TF 'SAME' padding, resolved per input size"
+            entries.append(entry)
+            if not dry_run:
+                layer = csc_layer_for(module, kind, **csc_options)
+                for path in [name, *aliases]:
+                    replace_module(model, path, layer)
+    return model, ConversionPlan(entries=entries, reparameterized=reparam, notes=notes)
