@@ -6,8 +6,23 @@ Public API::
     layer = CSCConv2d(3, 64, 3, padding=1, lam=0.1, steps=2)   # a drop-in for nn.Conv2d(3, 64, 3, padding=1)
 """
 
-from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d
-
 __version__ = "0.1.0"
 
-__all__ = ["CSCConv1d", "CSCConv2d", "CSC_OPTION_DEFAULTS", "__version__"]
+from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d  # noqa: E402
+from .convert import ConversionPlan, convert  # noqa: E402
+from .models import create_model  # noqa: E402
+from .checkpoint import ModelFileError, load, read_metadata, save  # noqa: E402
+
+__all__ = [
+    "CSCConv1d",
+    "CSCConv2d",
+    "CSC_OPTION_DEFAULTS",
+    "ConversionPlan",
+    "ModelFileError",
+    "convert",
+    "create_model",
+    "load",
+    "read_metadata",
+    "save",
+    "__version__",
+]

@@ -83,6 +83,94 @@ def demo(
     _render_demo(result)
 
 
+@app.command()
+def convert(
+    source: str = typer.Argument(..., help="timm:NAME (e.g. timm:resnet18) or a csc model file."),
+    layers: Optional[List[str]] = typer.Option(None, "--layers", help="all, stem, or a glob on module names (repeatable). Default: all."),
+    include: Optional[List[str]] = typer.Option(None, "--include", help="Only convs matching this glob (repeatable)."),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Skip convs matching this glob (repeatable)."),
+    kernel_size: Optional[List[int]] = typer.Option(None, "--kernel-size", help="Only convs with this kernel size (repeatable)."),
+    depthwise: Optional[bool] = typer.Option(None, "--depthwise/--no-depthwise", help="Only / no depthwise convs."),
+    lam: Optional[float] = typer.Option(None, "--lambda", "--lam", help="Sparsity weight (default 0.1)."),
+    steps: Optional[int] = typer.Option(None, help="Unrolled FISTA steps K (default 2)."),
+    nonneg: Optional[bool] = typer.Option(None, "--nonneg/--signed", help="Non-negative codes (default) or signed."),
+    mu: Optional[float] = typer.Option(None, help="Elastic-net weight (default 0)."),
+    method: Optional[str] = typer.Option(None, help="fista, ista or heavy_ball."),
+    backward: Optional[str] = typer.Option(None, help="unrolled or implicit."),
+    num_classes: Optional[int] = typer.Option(None, help="Classifier size of the model built."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start from timm's pretrained weights (needs a network)."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights: .safetensors or a torch checkpoint (read with weights_only)."),
+    calibrate_bn: int = typer.Option(0, help="Re-estimate BatchNorm statistics on this many images of --data."),
+    data: Optional[str] = typer.Option(None, help="Dataset for BN calibration and the comparison: cifar10, cifar100, digits, fake."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the dataset lives."),
+    compare_images: int = typer.Option(16, help="Images on which converted and original outputs are compared."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change and write nothing."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the converted model here (.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Turn a ConvNet's convolutions into CSC layers (the conv weights become the dictionaries),
+    report what was converted and skipped, how far the outputs moved, and save a model file."""
+    from .jobs.convert import ConvertConfig, run_convert
+
+    options = {k: v for k, v in dict(lam=lam, steps=steps, nonneg=nonneg, mu=mu, method=method,
+                                     backward=backward).items() if v is not None}
+    if not dry_run and out is None and not as_json:
+        err_console.print("note: no --out given, the converted model is not written (use --dry-run to only plan)")
+    if out is not None and out.exists() and out.is_dir():
+        raise ValueError(f"--out {out} is a directory: give a file name ending in .safetensors")
+    config = ConvertConfig(source=source, layers=list(layers or ["all"]), include=list(include or []),
+                           exclude=list(exclude or []), kernel_sizes=list(kernel_size) if kernel_size else None,
+                           depthwise=depthwise, csc_options=options, num_classes=num_classes,
+                           pretrained=pretrained, weights=weights, dry_run=dry_run, out=out,
+                           calibrate_bn=calibrate_bn, data=data, data_dir=data_dir, compare_images=compare_images)
+    result = run_convert(config)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    _render_convert(result)
+
+
+def _geometry_text(entry: dict) -> str:
+    k = "x".join(map(str, entry["kernel_size"]))
+    s = "x".join(map(str, entry["stride"]))
+    pad = entry["padding"] if isinstance(entry["padding"], str) else ",".join(map(str, entry["padding"]))
+    text = f"k{k} s{s} p{pad}"
+    if any(d != 1 for d in entry["dilation"]):
+        text += " d" + "x".join(map(str, entry["dilation"]))
+    if entry["groups"] != 1:
+        text += f" g{entry['groups']}"
+    if entry["padding_mode"] != "zeros":
+        text += f" {entry['padding_mode']}"
+    return text
+
+
+def _render_convert(result) -> None:
+    plan = result.plan
+    title = f"Conversion plan for {result.arch} ({'dry run: nothing changed' if result.dry_run else 'applied'})"
+    table = Table(title=title)
+    for col in ("module", "type", "in->out", "geometry", "action", "reason"):
+        table.add_column(col, overflow="fold")
+    colours = {"replace": "green", "skip": "yellow", "keep": "cyan"}
+    for e in plan["entries"]:
+        name = e["name"] + (f" (+{len(e['aliases'])} aliases)" if e["aliases"] else "")
+        table.add_row(name, e["kind"], f"{e['in_channels']}->{e['out_channels']}", _geometry_text(e),
+                      f"[{colours[e['action']]}]{e['action']}[/]", e["reason"])
+    console.print(table)
+    counts = plan["counts"]
+    console.print(f"{counts['replace']} replaced, {counts['skip']} skipped, {counts['keep']} already CSC; "
+                  f"parameters {result.parameters_before:,} -> {result.parameters_after:,}")
+    for note in plan["notes"]:
+        console.print(f"note: {note}")
+    if result.calibrated_batchnorms:
+        console.print(f"BatchNorm statistics re-estimated in {result.calibrated_batchnorms} layers")
+    if result.distance:
+        d = result.distance
+        console.print(f"converted vs original on {d['on']}: top-1 agreement {100 * d['top1_agreement']:.1f}%, "
+                      f"KL {d['kl']:.4g}")
+    if result.out:
+        console.print(f"wrote {result.out}")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True)

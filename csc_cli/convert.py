@@ -265,6 +265,18 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _record_reparameterized(model: nn.Module) -> None:
+    """Model files must rebuild the fused architecture: note the fusion in the model's spec."""
+    from .models import model_spec
+
+    try:
+        spec = model_spec(model)
+    except ValueError:
+        return  # not a named architecture: it cannot be saved as a model file anyway
+    spec["reparameterized"] = True
+    model.csc_spec = spec
+
+
 def _has_reparameterizable(model: nn.Module) -> bool:
     return any(hasattr(m, a) for m in model.modules() if m is not model
                for a in ("fuse", "reparameterize", "switch_to_deploy"))
@@ -312,6 +324,7 @@ def convert(
 
             reparameterize_model(model, inplace=True)
             reparam = True
+            _record_reparameterized(model)
             notes.append("re-parameterisable branches fused first (timm reparameterize_model)")
         else:
             notes.append("re-parameterisable branches would be fused first (timm reparameterize_model)")
@@ -339,3 +352,50 @@ def convert(
                 for path in [name, *aliases]:
                     replace_module(model, path, layer)
     return model, ConversionPlan(entries=entries, reparameterized=reparam, notes=notes)
+
+
+# ----------------------------------------------------------------------------- after conversion
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``images`` (already normalised) as an
+    exact average over them (momentum None), leaving the model in the mode it was in. Returns the
+    number of BatchNorm layers reset."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over all batches seen
+    model.train()
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            model(images[start : start + batch_size])
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
+@torch.no_grad()
+def output_distance(reference: nn.Module, candidate: nn.Module, images: torch.Tensor) -> Dict[str, float]:
+    """How far ``candidate``'s predictions are from ``reference``'s on ``images`` (both in eval
+    mode): top-1 agreement and the mean KL(reference || candidate) of the softmax outputs."""
+    ref_mode, cand_mode = reference.training, candidate.training
+    reference.eval()
+    candidate.eval()
+    try:
+        p = reference(images).float()
+        q = candidate(images).float()
+    finally:
+        reference.train(ref_mode)
+        candidate.train(cand_mode)
+    if p.shape != q.shape:
+        raise ValueError(f"output shapes differ: {tuple(p.shape)} vs {tuple(q.shape)}")
+    logp = torch.log_softmax(p.flatten(1), dim=1)
+    logq = torch.log_softmax(q.flatten(1), dim=1)
+    kl = (logp.exp() * (logp - logq)).sum(dim=1).mean()
+    agree = (p.flatten(1).argmax(1) == q.flatten(1).argmax(1)).float().mean()
+    return {"top1_agreement": float(agree), "kl": float(kl), "images": int(images.shape[0])}

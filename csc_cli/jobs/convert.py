@@ -1,0 +1,174 @@
+"""The convert job: build or load a model, turn its convolutions into CSC layers, report, save."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import load, save
+from ..convert import calibrate_batchnorm, convert, output_distance
+from ..data import NORMALIZATION, load_dataset
+from ..models import create_model, model_spec
+
+
+@dataclass
+class ConvertConfig:
+    source: str  # 'timm:NAME' or a model file
+    layers: List[str] = field(default_factory=lambda: ["all"])
+    include: List[str] = field(default_factory=list)
+    exclude: List[str] = field(default_factory=list)
+    kernel_sizes: Optional[List[int]] = None
+    depthwise: Optional[bool] = None
+    csc_options: Dict[str, Any] = field(default_factory=dict)
+    num_classes: Optional[int] = None
+    pretrained: bool = False
+    weights: Optional[Path] = None
+    dry_run: bool = False
+    out: Optional[Path] = None
+    calibrate_bn: int = 0
+    data: Optional[str] = None
+    data_dir: Optional[Path] = None
+    compare_images: int = 16
+    seed: int = 0
+
+
+@dataclass
+class ConvertResult:
+    source: str
+    arch: str
+    plan: Dict[str, Any]
+    parameters_before: int
+    parameters_after: int
+    distance: Optional[Dict[str, Any]]
+    calibrated_batchnorms: int
+    out: Optional[str]
+    dry_run: bool
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Local weights into ``model``: safetensors, or a torch checkpoint read with weights_only=True
+    (``state_dict``/``model``/``state_dict_ema`` wrappers and ``module.`` prefixes are unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{path} is not a weights file torch can read safely ({type(exc).__name__})") from None
+        for key in ("state_dict_ema", "state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path} does not fit this model: {bad[0]} is {tuple(state[bad[0]].shape)}, "
+                         f"the model has {tuple(own[bad[0]].shape)} (incompatible --num-classes?)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("lipschitz", "lipschitz_size", ".lam"))]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def _build_source(config: ConvertConfig) -> nn.Module:
+    source = config.source
+    if source.startswith("timm:"):
+        return create_model(source[5:], pretrained=config.pretrained, num_classes=config.num_classes)
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"SOURCE must be timm:NAME or an existing model file, got {source!r}")
+    if config.pretrained:
+        raise ValueError("--pretrained applies to timm:NAME sources; a model file has its own weights")
+    model = load(path)
+    if config.num_classes is not None and config.num_classes != getattr(model, "num_classes", None):
+        if not hasattr(model, "reset_classifier"):
+            raise ValueError("this model has no reset_classifier: --num-classes cannot change it")
+        model.reset_classifier(config.num_classes)
+        spec = model_spec(model)
+        spec["model_kwargs"]["num_classes"] = config.num_classes
+        model.csc_spec = spec
+    return model
+
+
+def _calibration_images(config: ConvertConfig, model: nn.Module, n: int, split: str):
+    """Normalised images from the dataset, or seeded noise shaped like the model's input."""
+    gen = torch.Generator().manual_seed(config.seed)
+    if config.data:
+        data = load_dataset(config.data, split, config.data_dir)
+        idx = torch.randperm(data.images.shape[0], generator=gen)[:n]
+        return data.normalize(data.images[idx]), f"{config.data} {split} ({len(idx)} images)", data
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    c, h, w = cfg.get("input_size", (3, 224, 224))
+    return torch.randn(n, c, h, w, generator=gen), f"seeded noise {c}x{h}x{w} ({n} images, no dataset given)", None
+
+
+def run_convert(config: ConvertConfig) -> ConvertResult:
+    if config.calibrate_bn and not config.data:
+        raise ValueError("--calibrate-bn needs a dataset: add --data NAME (and --data-dir)")
+    if config.calibrate_bn < 0:
+        raise ValueError(f"--calibrate-bn must be >= 0, got {config.calibrate_bn}")
+    torch.manual_seed(config.seed)
+    model = _build_source(config)
+    if config.weights is not None:
+        load_weights(model, config.weights)
+    before = _count(model)
+    arch = model_spec(model)["arch"]
+    original = None if config.dry_run else copy.deepcopy(model).eval()
+    layers: Any = config.layers[0] if len(config.layers) == 1 and config.layers[0] in ("all", "stem") else config.layers
+    model, plan = convert(model, layers, include=config.include, exclude=config.exclude,
+                          kernel_sizes=config.kernel_sizes, depthwise=config.depthwise,
+                          dry_run=config.dry_run, **config.csc_options)
+    distance = None
+    calibrated = 0
+    out = None
+    data = None
+    if not config.dry_run:
+        if config.calibrate_bn:
+            images, _, data = _calibration_images(config, model, config.calibrate_bn, "train")
+            calibrated = calibrate_batchnorm(model, images)
+        images, label, data_cmp = _calibration_images(config, model, config.compare_images,
+                                                      "test" if config.data else "train")
+        data = data or data_cmp
+        distance = {**output_distance(original, model, images), "on": label}
+        if config.out is not None:
+            info: Dict[str, Any] = {"converted_from": config.source, "plan": plan.to_dict()["counts"]}
+            if data is not None:
+                info.update(dataset=data.name, class_names=data.class_names,
+                            normalization={"mean": list(data.mean), "std": list(data.std)})
+            else:
+                cfg = getattr(model, "pretrained_cfg", None) or {}
+                mean, std = cfg.get("mean", NORMALIZATION["imagenet"][0]), cfg.get("std", NORMALIZATION["imagenet"][1])
+                info.update(normalization={"mean": list(mean), "std": list(std)},
+                            input_size=list(cfg.get("input_size", (3, 224, 224))))
+            out = str(save(model.eval(), config.out, **info))
+    return ConvertResult(
+        source=config.source,
+        arch=arch,
+        plan=plan.to_dict(),
+        parameters_before=before,
+        parameters_after=_count(model),
+        distance=distance,
+        calibrated_batchnorms=calibrated,
+        out=out,
+        dry_run=config.dry_run,
+    )
