@@ -342,13 +342,23 @@ def convert(
             entries.append(_entry(name, module, "skip", reasons[name], aliases))
         else:
             entry = _entry(name, module, "replace", "", aliases)
+            notes_here = []
             if kind in ("std", "std_same"):
-                entry.reason = "dictionary = the standardised weight"
+                notes_here.append("dictionary = the standardised weight")
             elif kind == "same":
-                entry.reason = "TF 'SAME' padding, resolved per input size"
+                notes_here.append("TF 'SAME' padding, resolved per input size")
+            zero = not bool(_dictionary(module, kind).any())  # e.g. a zero-initialised gain
+            if zero:
+                # a zero dictionary has no atoms: its codes are 0 and, through the threshold, so
+                # are its gradients -- it would stay dead forever (timm zero-inits some last convs)
+                notes_here.append("all-zero weight (zero-initialised): atoms re-initialised")
+            entry.reason = "; ".join(notes_here)
             entries.append(entry)
             if not dry_run:
                 layer = csc_layer_for(module, kind, **csc_options)
+                if zero:
+                    with torch.no_grad():
+                        nn.init.kaiming_uniform_(layer.weight, a=5 ** 0.5)
                 for path in [name, *aliases]:
                     replace_module(model, path, layer)
     return model, ConversionPlan(entries=entries, reparameterized=reparam, notes=notes)

@@ -48,6 +48,7 @@ CSC_OPTION_DEFAULTS: Dict[str, Any] = {
 
 _EVAL_CACHE_SIZE = 16
 _WARM_MAX_ITERS = 50
+_MIN_LIPSCHITZ = 1e-12
 
 
 def _check_lam(value: Union[float, Tensor]) -> float:
@@ -224,11 +225,16 @@ class _CSCConvNd(nn.Module):
             raise RuntimeError(
                 "no step size estimated yet: run a training forward or call refresh_step_size(size)"
             )
-        return self.step_scale / self.lipschitz
+        return self._step(self.lipschitz)
+
+    def _step(self, lip: Tensor) -> Tensor:
+        # An all-zero dictionary (a zero-initialised conv) has L = 0: any step is exact there, and
+        # a finite one keeps 0 * step from turning into NaN.
+        return self.step_scale / lip.clamp_min(_MIN_LIPSCHITZ)
 
     def step_size_for(self, size: Sequence[int]) -> Tensor:
         """The step a forward on an input of spatial ``size`` uses in the current mode (pure)."""
-        return self.step_scale / self._lipschitz_for(tuple(int(s) for s in size), self.atoms, refresh=False)
+        return self._step(self._lipschitz_for(tuple(int(s) for s in size), self.atoms, refresh=False))
 
     @torch.no_grad()
     def refresh_step_size(self, size: Optional[Sequence[int]] = None, *, iters: int = 200) -> Tensor:
@@ -342,7 +348,7 @@ class _CSCConvNd(nn.Module):
             atoms,
             self.geometry,
             lam_value,
-            self.step_scale / lip,
+            self._step(lip),
             self.steps if steps is None else steps,
             nonneg=self.nonneg,
             mu=self.mu,
