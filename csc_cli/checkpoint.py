@@ -104,6 +104,7 @@ def save(model: nn.Module, path: PathLike, **info: Any) -> Path:
         "model_kwargs": spec.get("model_kwargs", {}),
         "reparameterized": bool(spec.get("reparameterized", False)),
         "identity_modules": list(spec.get("identity_modules", [])),
+        "constructed_layers": list(spec.get("constructed_layers", [])),
         "csc_layers": _csc_layers(model),
         "info": _jsonable(info, "model file metadata"),
     }
@@ -172,16 +173,20 @@ def _validate(doc: Any, path: Path) -> None:
         expected = ALLOWED_MODEL_KWARGS.get(key)
         if expected is None:
             _fail(path, f"model argument {key!r} is not allowed (allowed: {sorted(ALLOWED_MODEL_KWARGS)})")
-        ok = isinstance(value, expected) and not isinstance(value, bool)
+        ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
         if expected is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or (expected is int and not 0 <= value <= 1_000_000):
             _fail(path, f"model argument {key!r} has a bad value {value!r}")
     if not isinstance(doc.get("reparameterized", False), bool):
         _fail(path, "'reparameterized' must be true or false")
-    identity = doc.get("identity_modules", [])
-    if not isinstance(identity, list) or not all(isinstance(n, str) and n for n in identity):
-        _fail(path, "'identity_modules' must be a list of module names")
+    for key in ("identity_modules", "constructed_layers"):
+        names = doc.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            _fail(path, f"'{key}' must be a list of module names")
+    unknown_constructed = set(doc.get("constructed_layers", [])) - set(doc.get("csc_layers", {}) or {})
+    if unknown_constructed:
+        _fail(path, f"constructed layers {sorted(unknown_constructed)} have no CSC layer record")
     layers = doc.get("csc_layers", {})
     if not isinstance(layers, dict):
         _fail(path, "'csc_layers' must be an object")
@@ -228,6 +233,20 @@ def _geometry_matches(module: nn.Module, kind: str, record: Dict[str, Any]) -> b
     return expected == record
 
 
+def _construct(rec: Dict[str, Any], path: Path, name: str) -> _CSCConvNd:
+    from .layers import CSCConv1d, CSCConv2d
+
+    cls = CSCConv1d if rec["class"] == "CSCConv1d" else CSCConv2d
+    g = rec["geometry"]
+    try:
+        padding = g["padding"] if isinstance(g["padding"], str) else tuple(g["padding"])
+        return cls(g["in_channels"], g["out_channels"], tuple(g["kernel_size"]), stride=tuple(g["stride"]),
+                   padding=padding, dilation=tuple(g["dilation"]), groups=g["groups"], bias=bool(g["bias"]),
+                   padding_mode=g["padding_mode"], **rec["options"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: CSC layer {name!r} has a bad geometry ({exc})") from None
+
+
 def load(path: PathLike, *, map_location: Union[str, torch.device] = "cpu") -> nn.Module:
     """Rebuild the model stored in ``path`` and return it in eval mode, ready to run.
 
@@ -252,11 +271,15 @@ def load(path: PathLike, *, map_location: Union[str, torch.device] = "cpu") -> n
         except AttributeError:
             _fail(path, f"module {name!r} (replaced by Identity) does not exist in {doc['arch']}")
         replace_module(model, name, nn.Identity())
+    constructed = set(doc.get("constructed_layers", []))
     for name, rec in doc.get("csc_layers", {}).items():
         try:
             module = model.get_submodule(name)
         except AttributeError:
             _fail(path, f"CSC layer {name!r} does not exist in {doc['arch']}")
+        if name in constructed:  # a layer added by the builder (e.g. SDNet-All's max-pool -> CSC)
+            replace_module(model, name, _construct(rec, path, name))
+            continue
         kind = _conv_kind(module)
         if kind is None or kind.startswith("!") or kind == "csc":
             _fail(path, f"{name!r} in {doc['arch']} is {type(module).__name__}, not a convertible convolution")
@@ -280,7 +303,8 @@ def load(path: PathLike, *, map_location: Union[str, torch.device] = "cpu") -> n
                              f"unexpected {sorted(unexpected)[:5]}")
     model.csc_spec = {"arch": doc["arch"], "model_kwargs": doc.get("model_kwargs", {}),
                       "reparameterized": bool(doc.get("reparameterized")),
-                      "identity_modules": list(doc.get("identity_modules", []))}
+                      "identity_modules": list(doc.get("identity_modules", [])),
+                      "constructed_layers": sorted(constructed)}
     model.csc_info = doc.get("info", {})
     return model.eval()
 
