@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -312,3 +312,55 @@ def load(path: PathLike, *, map_location: Union[str, torch.device] = "cpu") -> n
 def convertible_names(model: nn.Module) -> List[str]:
     """Names of the convolutions of ``model`` that could become CSC layers (for messages)."""
     return [n for n, _, k, _ in find_convs(model) if not k.startswith("!") and k != "csc"]
+
+
+# ----------------------------------------------------------------------------- training state
+STATE_FORMAT = "csc-train-state"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_state(path: PathLike, tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Path:
+    """Write resumable training state atomically: tensors in safetensors, the rest as JSON."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    text = json.dumps({"format": STATE_FORMAT, "format_version": 1, **_jsonable(meta, "training state")},
+                      allow_nan=False)
+    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata={"csc_state": text}))
+    return path
+
+
+def load_state(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read what :func:`save_state` wrote; :class:`ModelFileError` for anything else."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"resume file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            text = (fh.metadata() or {}).get("csc_state")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(f"{path} is not a training state file ({type(exc).__name__})") from None
+    try:
+        meta = json.loads(text or "")
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{path} is not a training state file (no readable metadata)") from None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        raise ModelFileError(f"{path} is not a csc training state file")
+    return tensors, meta

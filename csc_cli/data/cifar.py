@@ -126,9 +126,17 @@ def load_cifar(name: str, data_dir: Path, split: str) -> Tuple[Tensor, Tensor, L
 
 def download_cifar(name: str, data_dir: Path) -> None:
     """Download and extract the official archive (checked by md5) into ``data_dir``."""
+    import socket
+    from urllib.parse import urlparse
+
     from torchvision.datasets.utils import download_and_extract_archive
 
     spec = SPECS[name]
+    host = urlparse(spec["url"]).hostname
+    try:  # fail fast offline instead of waiting on a download that cannot start
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach {host} ({exc})") from None
     download_and_extract_archive(spec["url"], str(data_dir), md5=spec["md5"])
 
 
