@@ -1,0 +1,234 @@
+"""csc train: the default digits run, CIFAR-10 on real data, kill-and-resume, DDP, recipes, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import csc_cli
+from csc_cli.cli import main
+from csc_cli.data import load_dataset
+from csc_cli.data.pipeline import Batches, normalize
+from csc_cli.jobs.train import TrainConfig, evaluate, lr_at, run_train
+
+ROOT = Path(__file__).resolve().parents[2]
+CIFAR_MINI = ROOT.parent / "shared" / "data" / "cifar10-mini"
+
+
+def run(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ------------------------------------------------------------------ schedules and batches
+def test_cosine_schedule_with_warmup():
+    cfg = TrainConfig(epochs=10, lr=0.1, min_lr=1e-6, warmup_epochs=1)
+    assert lr_at(cfg, 0, 100) == pytest.approx(0.001)
+    assert lr_at(cfg, 99, 100) == pytest.approx(0.1)
+    assert lr_at(cfg, 100, 100) == pytest.approx(0.1)
+    assert lr_at(cfg, 550, 100) == pytest.approx(1e-6 + 0.5 * (0.1 - 1e-6))
+    assert lr_at(cfg, 999, 100) == pytest.approx(1e-6, abs=1e-6)
+    step = TrainConfig(epochs=100, lr=0.1, schedule="step", milestones=[30, 60, 90])
+    assert [lr_at(step, e * 10, 10) for e in (0, 29, 30, 60, 95)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 1e-4])
+
+
+def test_batches_are_seeded_resumable_and_sharded():
+    x = torch.rand(50, 3, 8, 8)
+    y = torch.arange(50)
+    b = Batches(x, y, 8, shuffle=True, augment="crop_flip", seed=3)
+    full = list(b.epoch(2))
+    tail = list(b.epoch(2, start_batch=4))
+    assert all(torch.equal(a[0], c[0]) and torch.equal(a[1], c[1]) for a, c in zip(full[4:], tail))
+    assert not torch.equal(full[0][1], list(b.epoch(3))[0][1])  # a new order each epoch
+    assert full[0][0].shape == (8, 3, 8, 8) and 0 <= float(full[0][0].min()) and float(full[0][0].max()) <= 1
+    ranks = [Batches(x, y, 5, shuffle=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    seen = torch.cat([lab for r in ranks for _, lab in r.epoch(0)])
+    assert set(seen.tolist()) == set(range(50)) and len(ranks[0]) == len(ranks[1])
+
+
+# ------------------------------------------------------------------ real training
+@pytest.mark.slow
+def test_default_run_learns_digits_and_the_model_file_restores_it(tmp_path):
+    result = run_train(TrainConfig(out=str(tmp_path / "run")))
+    # measured here: 98.9% after 12 epochs in ~15 s on 2 cores
+    assert result.last["test_acc"] >= 0.95
+    assert result.seconds < 120
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and "conv1" in rows[-1]["csc_layers"]
+    assert (tmp_path / "run" / "summary.csv").read_text().count("\n") == 13
+    model = csc_cli.load(result.model_path)
+    test = load_dataset("digits", "test")
+    info = model.csc_info
+    acc = evaluate(model, Batches(test.images, test.labels, 256), info["normalization"]["mean"],
+                   info["normalization"]["std"], torch.device("cpu"))["acc"]
+    assert acc == pytest.approx(result.last["test_acc"], abs=1e-9)
+    assert info["training"]["last_test_acc"] == pytest.approx(result.last["test_acc"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR_MINI.exists(), reason="needs ../shared/data/cifar10-mini")
+def test_sdnet_and_resnet_both_learn_cifar10_mini(tmp_path):
+    accs = {}
+    for csc in ("stem", "none"):
+        cfg = TrainConfig(dataset="cifar10", data_dir=str(CIFAR_MINI), arch="resnet20_cifar", csc=csc, epochs=3,
+                          batch_size=64, lr=0.05, seed=0, out=str(tmp_path / csc))
+        accs[csc] = run_train(cfg).last["test_acc"]
+    print(f"cifar10-mini, resnet20_cifar, 3 epochs: SDNet (csc stem) {accs['stem']:.3f}, ResNet {accs['none']:.3f}")
+    # chance is 0.10; measured here: SDNet 0.454, ResNet 0.424
+    assert accs["stem"] > 0.3 and accs["none"] > 0.3
+
+
+@pytest.mark.slow
+def test_held_out_selection_never_uses_the_test_set(tmp_path):
+    cfg = TrainConfig(epochs=3, val_split=0.2, select="best", out=str(tmp_path / "sel"))
+    result = run_train(cfg)
+    vals = [row["val_acc"] for row in result.history]
+    assert result.best["epoch"] == 1 + vals.index(max(vals))
+    assert result.best["test_acc"] == result.history[result.best["epoch"] - 1]["test_acc"]
+    assert json.loads((tmp_path / "sel" / "config.json").read_text())["select"] == "best"
+
+
+@pytest.mark.slow
+def test_ema_model_gets_step_sizes_for_its_own_weights(tmp_path):
+    result = run_train(TrainConfig(epochs=2, ema=0.9, out=str(tmp_path / "ema"), max_batches=8))
+    model = csc_cli.load(result.model_path)
+    layer = model.conv1
+    stored = float(layer.lipschitz)
+    layer.refresh_step_size()
+    assert float(layer.lipschitz) == pytest.approx(stored, rel=1e-3)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from csc_cli.jobs.train import TrainConfig, run_train
+    out, resume, kill_at = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
+    def progress(kind, info):
+        if kind == "batch" and info["epoch"] == 1 and info["batch"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    cfg = TrainConfig(epochs=2, batch_size=64, deterministic=True, checkpoint_every=5, out=out, resume=resume,
+                      seed=1)
+    run_train(cfg, progress)
+    """
+)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bitwise_identical(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "", "0"], env=env,
+                         capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "", "10"], env=env,
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL
+    state = tmp_path / "run" / "state.safetensors"
+    from csc_cli.checkpoint import load_state
+
+    _, meta = load_state(state)
+    assert (meta["epoch"], meta["batch"]) == (1, 8)  # mid-epoch: the checkpoint at step 30 (22 steps an epoch)
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(state), "0"], env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+@pytest.mark.slow
+def test_two_processes_on_gloo(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "csc_cli",
+                           "train", "digits", "--epochs", "3", "--batch-size", "32", "--out", str(tmp_path / "ddp"),
+                           "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3  # one writer: no duplicated lines
+    assert rows[-1]["test_acc"] > 0.5  # chance is 0.1; measured here: 0.67 after 3 epochs
+    assert csc_cli.load(tmp_path / "ddp" / "model.safetensors") is not None
+
+
+# ------------------------------------------------------------------ recipes and CLI
+def test_recipe_round_trip(tmp_path, capsys):
+    recipe = ROOT / "recipes" / "digits_sdnet.toml"
+    code, out, err = run(["train", "--recipe", str(recipe), "--epochs", "1", "--max-batches", "2",
+                          "--out", str(tmp_path / "r"), "--json"], capsys)
+    assert code == 0, err
+    resolved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert resolved["epochs"] == 1 and resolved["arch"] == "resnet20_cifar" and resolved["augment"] == "crop"
+    # the resolved config is itself a valid recipe that reproduces the same config
+    import tomllib  # noqa: F401 - the recipe format
+
+    lines = []
+    for key, value in resolved.items():
+        if key == "csc_version" or value is None:
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")
+    (tmp_path / "again.toml").write_text("\n".join(lines))
+    code, _, err = run(["train", "--recipe", str(tmp_path / "again.toml"), "--out", str(tmp_path / "r2"), "--json"],
+                       capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "r2" / "config.json").read_text())
+    assert {k: v for k, v in again.items() if k != "out"} == {k: v for k, v in resolved.items() if k != "out"}
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_parses(recipe):
+    from csc_cli.cli import _load_recipe
+
+    cfg = TrainConfig(**_load_recipe(recipe))
+    cfg.validate()
+    if cfg.dataset.startswith("cifar"):
+        assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs) == (0.1, 128, 5e-4, 220)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "mnist"], "unknown dataset"),
+        (["train", "--arch", "resnet181"], "did you mean"),
+        (["train", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--select", "best"], "--val-split"),
+        (["train", "cifar10", "--data-dir", "/nonexistent/place"], "give --data-dir"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
+    code, _, err = run(args + ["--out", str(tmp_path / "x")], capsys)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_recipe_and_out_and_resume(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('epochs = "ten"\nfoo = 1\n')
+    code, _, err = run(["train", "--recipe", str(bad)], capsys)
+    assert code == 1 and "unknown key(s) foo" in err
+    bad.write_text('epochs = "ten"\n')
+    code, _, err = run(["train", "--recipe", str(bad)], capsys)
+    assert code == 1 and "epochs must be an integer" in err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = run(["train", "--out", str(afile)], capsys)
+    assert code == 1 and "is a file" in err
+    code, _, err = run(["train", "--epochs", "1", "--max-batches", "1", "--out", str(tmp_path / "s"), "--json"], capsys)
+    assert code == 0
+    code, _, err = run(["train", "--arch", "resnet18_cifar", "--resume", str(tmp_path / "s" / "state.safetensors"),
+                        "--out", str(tmp_path / "s2")], capsys)
+    assert code == 1 and "state of a resnet20_cifar" in err
