@@ -99,3 +99,24 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 7, warmup: int = 2, dev
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def train_step_memory(arch: str, csc: str, *, batch: int = 64, size: int = 32, num_classes: int = 10,
+                      device: str = "cpu", **csc_options: Any) -> Dict[str, Any]:
+    """Peak extra memory of one SGD training step (forward, backward, optimizer) of
+    ``build_model(arch, csc=csc)`` on a ``batch x 3 x size x size`` batch."""
+    from .models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes, csc=csc, **csc_options).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # momentum buffers and step sizes exist from here on, as in a running training
+    return {"arch": arch, "csc": csc, "peak_bytes": peak_memory_bytes(step, device)}

@@ -14,9 +14,11 @@ Iterations (``t`` the step size, ``prox`` the proximal map of ``t * (lam |.| + m
   which is what the SDNet authors' code does for K >= 3. For K <= 2 all three are identical
   (``beta_2 = 0``): with ``z_0 = 0``, step 1 is ``relu(t A^T x - lam t)``.
 
-Two ways to differentiate the K-step code: ``'unrolled'`` (autograd through every step, as in the
-paper) and ``'implicit'`` (differentiate the Lasso's fixed point on its support, memory independent
-of K; exact when the K steps have converged).
+Three ways to differentiate the K-step code: ``'unrolled'`` (autograd through every step, as in the
+paper), ``'recompute'`` (the same gradients, but only the input is kept and the K steps are run
+again during backward: memory of one conv, one extra forward of compute) and ``'implicit'``
+(differentiate the Lasso's fixed point on its support, memory independent of K; exact when the K
+steps have converged).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from .operators import ConvGeometry
 
 METHODS = ("fista", "ista", "heavy_ball")
-BACKWARDS = ("unrolled", "implicit")
+BACKWARDS = ("unrolled", "implicit", "recompute")
 
 Number = Union[float, Tensor]
 
@@ -314,6 +316,15 @@ def solve_lasso(
         z = _ImplicitLasso.apply(
             x, weight, lam_t, step_t, geometry, steps, nonneg, mu, method, z0, cg_iters, cg_tol
         )
+        if records is not None:
+            _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0)
+    elif backward == "recompute" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        from torch.utils.checkpoint import checkpoint
+
+        def run(x_, w_, lam_):
+            return _iterate(x_, w_, geometry, lam_, step_t, steps, nonneg, mu, method, z0, None)
+
+        z = checkpoint(run, x, weight, lam_t, use_reentrant=False, preserve_rng_state=False)
         if records is not None:
             _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0)
     else:
