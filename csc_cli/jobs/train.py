@@ -270,6 +270,64 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: Dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+# ----------------------------------------------------------------------------- data
+@dataclass
+class DataBundle:
+    train: Any
+    test: Any
+    val: Any
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    class_names: List[str]
+    input_size: Tuple[int, ...]
+    probe: torch.Tensor  # a few test images in [0, 1], for per-layer statistics
+    train_images: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def make_data(config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataBundle:
+    """Training, test and (optional) held-out batches for ``config.dataset``."""
+    eval_batch = max(config.batch_size, 128)
+    augment = default_augment(config.dataset) if config.augment == "auto" else config.augment
+    if config.dataset == "imagenet" or config.dataset.startswith("folder:"):
+        from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderBatches
+
+        root = Path(config.dataset[7:] if config.dataset.startswith("folder:") else (config.data_dir or "data/imagenet"))
+        if config.dataset == "imagenet" and config.augment == "auto":
+            augment = "imagenet"
+        size = config.image_size or 224
+        common = dict(root=root, image_size=size, seed=config.seed)
+        train = FolderBatches(split="train", batch_size=config.batch_size, training=True, augment=augment,
+                              shuffle=True, drop_last=True, rank=rank, world_size=world_size, **common)
+        val = None
+        if config.val_split > 0:
+            n = len(train.dataset)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 17))
+            n_val = max(1, int(round(config.val_split * n)))
+            train.subset = order[n_val:]
+            val = FolderBatches(split="train", batch_size=eval_batch, subset=order[:n_val], **common)
+        test = FolderBatches(split="val", batch_size=eval_batch, **common)
+        return DataBundle(train, test, val, IMAGENET_MEAN, IMAGENET_STD, train.class_names, (3, size, size),
+                          test.head(16), len(train._indices(0)) * world_size)
+    root = Path(config.data_dir) if config.data_dir else None
+    train_data = load_dataset(config.dataset, "train", root, image_size=config.image_size)
+    test_data = load_dataset(config.dataset, "test", root, image_size=config.image_size)
+    train_x, train_y = train_data.images, train_data.labels
+    val = None
+    if config.val_split > 0:
+        train_x, train_y, val_x, val_y = split_holdout(train_x, train_y, config.val_split, config.seed)
+        val = Batches(val_x, val_y, eval_batch)
+    train = Batches(train_x, train_y, config.batch_size, shuffle=True, augment=augment,
+                    pad=default_pad(config.dataset, config.image_size), seed=config.seed,
+                    drop_last=train_x.shape[0] > config.batch_size, rank=rank, world_size=world_size)
+    test = Batches(test_data.images, test_data.labels, eval_batch)
+    return DataBundle(train, test, val, train_data.mean, train_data.std, train_data.class_names,
+                      tuple(train_x.shape[1:]), test_data.images[:64], int(train_x.shape[0]))
+
+
 # ----------------------------------------------------------------------------- the job
 def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> TrainResult:
     config.validate()
@@ -287,37 +345,24 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     # ---- data
-    train_data = load_dataset(config.dataset, "train", Path(config.data_dir) if config.data_dir else None,
-                              image_size=config.image_size)
-    test_data = load_dataset(config.dataset, "test", Path(config.data_dir) if config.data_dir else None,
-                             image_size=config.image_size)
-    mean, std = train_data.mean, train_data.std
-    train_x, train_y = train_data.images, train_data.labels
-    val_x = val_y = None
-    if config.val_split > 0:
-        train_x, train_y, val_x, val_y = split_holdout(train_x, train_y, config.val_split, config.seed)
-    augment = default_augment(config.dataset) if config.augment == "auto" else config.augment
-    train_batches = Batches(train_x, train_y, config.batch_size, shuffle=True, augment=augment,
-                            pad=default_pad(config.dataset, config.image_size), seed=config.seed,
-                            drop_last=train_x.shape[0] > config.batch_size, rank=dist.rank,
-                            world_size=dist.world_size)
-    test_batches = Batches(test_data.images, test_data.labels, max(config.batch_size, 128))
-    val_batches = Batches(val_x, val_y, max(config.batch_size, 128)) if val_x is not None else None
+    data = make_data(config, dist.rank, dist.world_size)
+    mean, std = data.mean, data.std
+    train_batches, test_batches, val_batches = data.train, data.test, data.val
     steps_per_epoch = len(train_batches) if config.max_batches is None else min(len(train_batches), config.max_batches)
 
     # ---- model
-    in_chans = train_x.shape[1]
+    in_chans = data.input_size[0]
     csc_options = dict(lam=config.lam, steps=config.steps, nonneg=config.nonneg, mu=config.mu,
                        method=config.method, backward=config.backward)
     if config.init:
         model = load(config.init)
-        if getattr(model, "num_classes", train_data.num_classes) != train_data.num_classes:
-            model.reset_classifier(train_data.num_classes)
+        if getattr(model, "num_classes", data.num_classes) != data.num_classes:
+            model.reset_classifier(data.num_classes)
             spec = model_spec(model)
-            spec["model_kwargs"]["num_classes"] = train_data.num_classes
+            spec["model_kwargs"]["num_classes"] = data.num_classes
             model.csc_spec = spec
     else:
-        model = build_model(config.arch, train_data.num_classes, csc=config.csc, shortcut=config.shortcut,
+        model = build_model(config.arch, data.num_classes, csc=config.csc, shortcut=config.shortcut,
                             in_chans=in_chans if in_chans != 3 else None, **csc_options)
     model.to(device)
     if config.channels_last:
@@ -384,12 +429,12 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     if dist.is_writer:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**asdict(config), "csc_version": __version__}, indent=2))
-    info = {"dataset": config.dataset, "class_names": train_data.class_names,
+    info = {"dataset": config.dataset, "class_names": data.class_names,
             "normalization": {"mean": list(mean), "std": list(std)},
-            "input_size": list(train_x.shape[1:])}
-    probe = normalize(test_data.images[:64], mean, std).to(device)
+            "input_size": list(data.input_size)}
+    probe = normalize(data.probe, mean, std).to(device)
     emit("start", {"parameters": parameters, "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
-                   "device": str(device), "start_epoch": start_epoch, "train_images": int(train_x.shape[0])})
+                   "device": str(device), "start_epoch": start_epoch, "train_images": data.train_images})
     started = time.perf_counter()
 
     for epoch in range(start_epoch, config.epochs):
