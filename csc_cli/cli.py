@@ -204,7 +204,7 @@ def _load_recipe(path: Path) -> dict:
 
 @app.command()
 def train(
-    dataset: Optional[str] = typer.Argument(None, help="digits (default, offline), cifar10, cifar100, fake."),
+    dataset: Optional[str] = typer.Argument(None, help="digits (default, offline), cifar10, cifar100, imagenet, folder:PATH, fake."),
     data_dir: Optional[str] = typer.Option(None, help="Where the dataset lives (CIFAR: the extracted batches)."),
     recipe: Optional[Path] = typer.Option(None, help="A TOML recipe (see recipes/); flags override its values."),
     arch: Optional[str] = typer.Option(None, help="resnet18_cifar, resnet34_cifar, resnet20_cifar or any timm ConvNet."),
@@ -240,6 +240,8 @@ def train(
     resume: Optional[str] = typer.Option(None, help="Resume from a state.safetensors."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Also save resumable state every N steps."),
     max_batches: Optional[int] = typer.Option(None, help="At most this many batches per epoch (smoke tests)."),
+    image_size: Optional[int] = typer.Option(None, help="Image size (digits: 16; folders: 224)."),
+    workers: Optional[int] = typer.Option(None, help="Loader processes for image folders."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train an SDNet (or the plain ConvNet) on a dataset: `csc train` alone trains SDNet on the
@@ -255,7 +257,8 @@ def train(
                  warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, ema=ema,
                  clip_grad=clip_grad, amp=amp, channels_last=channels_last, compile=compile, seed=seed,
                  deterministic=deterministic, device=device, val_split=val_split, select=select, out=out,
-                 init=init, resume=resume, checkpoint_every=checkpoint_every, max_batches=max_batches)
+                 init=init, resume=resume, checkpoint_every=checkpoint_every, max_batches=max_batches,
+                 image_size=image_size, workers=workers)
     values.update({k: v for k, v in given.items() if v is not None})
     config = TrainConfig(**values)
     if "out" not in values:

@@ -79,6 +79,7 @@ class TrainConfig:
     init: Optional[str] = None
     resume: Optional[str] = None
     checkpoint_every: int = 0
+    workers: int = 2  # loader processes for image folders
     max_batches: Optional[int] = None  # per epoch, for smoke tests
 
     def validate(self) -> None:
@@ -299,7 +300,7 @@ def make_data(config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataBu
         if config.dataset == "imagenet" and config.augment == "auto":
             augment = "imagenet"
         size = config.image_size or 224
-        common = dict(root=root, image_size=size, seed=config.seed)
+        common = dict(root=root, image_size=size, seed=config.seed, workers=config.workers)
         train = FolderBatches(split="train", batch_size=config.batch_size, training=True, augment=augment,
                               shuffle=True, drop_last=True, rank=rank, world_size=world_size, **common)
         val = None

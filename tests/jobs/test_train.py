@@ -197,7 +197,10 @@ def test_every_shipped_recipe_parses(recipe):
     cfg = TrainConfig(**_load_recipe(recipe))
     cfg.validate()
     if cfg.dataset.startswith("cifar"):
-        assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs) == (0.1, 128, 5e-4, 220)
+        assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs, cfg.nesterov) == (0.1, 128, 5e-4, 220, True)
+    if cfg.dataset == "imagenet":
+        assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.milestones, cfg.nesterov) == (0.1, 1e-4, 100, [30, 60, 90], False)
+        assert cfg.batch_size == (256 if cfg.csc == "all" else 512)
 
 
 @pytest.mark.parametrize(
