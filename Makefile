@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/csc demo --out out/demo
+	$(VENV)/bin/csc train --out out/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
