@@ -235,3 +235,25 @@ def test_bad_recipe_and_out_and_resume(capsys, tmp_path):
     code, _, err = run(["train", "--arch", "resnet18_cifar", "--resume", str(tmp_path / "s" / "state.safetensors"),
                         "--out", str(tmp_path / "s2")], capsys)
     assert code == 1 and "state of a resnet20_cifar" in err
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
+    result = run_train(TrainConfig(epochs=1, max_batches=3, amp="bf16", channels_last=True, out=str(tmp_path / "b")))
+    assert torch.isfinite(torch.tensor(result.last["train_loss"]))
+    assert csc_cli.load(result.model_path).conv1.weight.dtype == torch.float32
+
+
+def test_fine_tune_a_converted_model(tmp_path, capsys):
+    target = tmp_path / "conv.safetensors"
+    code, _, err = run(["convert", "timm:resnet20_cifar", "--num-classes", "10", "--layers", "stem", "--data", "fake",
+                        "--compare-images", "2", "--out", str(target)], capsys)
+    assert code == 0, err
+    result = run_train(TrainConfig(dataset="fake", init=str(target), epochs=1, max_batches=2, out=str(tmp_path / "ft")))
+    tuned = csc_cli.load(result.model_path)
+    assert type(tuned.conv1).__name__ == "CSCConv2d" and tuned.csc_info["dataset"] == "fake"
+
+
+@pytest.mark.slow
+def test_compiled_training_runs(tmp_path):
+    result = run_train(TrainConfig(epochs=1, max_batches=3, compile=True, out=str(tmp_path / "c")))
+    assert torch.isfinite(torch.tensor(result.last["train_loss"]))
