@@ -39,6 +39,8 @@ def create_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Mo
         raise ValueError(f"num_classes must be >= 0, got {kwargs['num_classes']}")
     try:
         model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except ValueError:
+        raise
     except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
         if pretrained:
             raise RuntimeError(
