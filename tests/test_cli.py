@@ -9,17 +9,8 @@ import pytest
 from csc_cli.cli import main
 
 
-def run(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_help_lists_commands(capsys):
-    code, out, _ = run(["--help"], capsys)
+def test_help_lists_commands(cli):
+    code, out, _ = cli(["--help"])
     assert code == 0 and "demo" in out and "version" in out
 
 
@@ -28,9 +19,9 @@ def test_python_dash_m_works():
     assert out.returncode == 0 and "demo" in out.stdout
 
 
-def test_demo_json_end_to_end(capsys, tmp_path):
-    code, out, _ = run(["demo", "--max-images", "300", "--epochs", "1", "--atoms", "8", "--json",
-                        "--lam-grid", "0.05,0.4", "--out", str(tmp_path)], capsys)
+def test_demo_json_end_to_end(cli, tmp_path):
+    code, out, _ = cli(["demo", "--max-images", "300", "--epochs", "1", "--atoms", "8", "--json",
+                        "--lam-grid", "0.05,0.4", "--out", str(tmp_path)])
     assert code == 0
     result = json.loads(out)
     assert result["train_images"] == 240 and result["test_images"] == 60
@@ -45,14 +36,14 @@ def test_demo_json_end_to_end(capsys, tmp_path):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_table_renders(capsys):
-    code, out, _ = run(["demo", "--max-images", "200", "--epochs", "1", "--atoms", "4"], capsys)
+def test_demo_table_renders(cli):
+    code, out, _ = cli(["demo", "--max-images", "200", "--epochs", "1", "--atoms", "4"])
     assert code == 0
     assert "Held-out codes vs lambda" in out and "K = 1 is conv + fixed bias + ReLU: holds" in out
 
 
-def test_user_error_is_one_line_without_traceback(capsys):
-    code, out, err = run(["demo", "--lambda", "-1", "--max-images", "50"], capsys)
+def test_user_error_is_one_line_without_traceback(cli):
+    code, out, err = cli(["demo", "--lambda", "-1", "--max-images", "50"])
     assert code == 1
     assert "lam must be" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -62,6 +53,6 @@ def test_debug_shows_the_traceback():
         main(["--debug", "demo", "--lambda", "-1", "--max-images", "50"])
 
 
-def test_bad_option_value_exits_nonzero(capsys):
-    code, _, err = run(["demo", "--lam-grid", "a,b"], capsys)
+def test_bad_option_value_exits_nonzero(cli):
+    code, _, err = cli(["demo", "--lam-grid", "a,b"])
     assert code != 0 and "expected comma-separated numbers" in err

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 import csc_cli
 from csc_cli import CSCConv2d, convert
-from csc_cli.cli import main
 from csc_cli.convert import calibrate_batchnorm, find_convs, output_distance
 from csc_cli.layers import _CSCConvNd
 
@@ -242,26 +241,17 @@ def test_output_distance_is_zero_for_a_copy_and_positive_after_conversion():
 
 
 # ------------------------------------------------------------------ CLI
-def run(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_dry_run_prints_the_plan_and_writes_nothing(capsys, tmp_path):
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(cli, tmp_path):
     target = tmp_path / "never.safetensors"
-    code, out, _ = run(["convert", "timm:resnet18", "--dry-run", "--out", str(target)], capsys)
+    code, out, _ = cli(["convert", "timm:resnet18", "--dry-run", "--out", str(target)])
     assert code == 0 and "layer4.1.conv2" in out and "20 replaced" in out and "dry run" in out
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_cli_convert_writes_a_model_file_that_loads(capsys, tmp_path):
+def test_cli_convert_writes_a_model_file_that_loads(cli, tmp_path):
     target = tmp_path / "m.safetensors"
-    code, out, _ = run(["convert", "timm:resnet18", "--layers", "stem", "--num-classes", "10", "--lambda", "0.3",
-                        "--data", "fake", "--calibrate-bn", "32", "--json", "--out", str(target)], capsys)
+    code, out, _ = cli(["convert", "timm:resnet18", "--layers", "stem", "--num-classes", "10", "--lambda", "0.3",
+                        "--data", "fake", "--calibrate-bn", "32", "--json", "--out", str(target)])
     assert code == 0
     result = json.loads(out)
     assert result["plan"]["counts"] == {"replace": 1, "skip": 19, "keep": 0}
@@ -269,22 +259,22 @@ def test_cli_convert_writes_a_model_file_that_loads(capsys, tmp_path):
     model = csc_cli.load(target)
     assert float(model.conv1.lam) == pytest.approx(0.3) and model.conv1.steps == 2
     # a model file is a valid SOURCE too: convert the rest
-    code, out, _ = run(["convert", str(target), "--json", "--data", "fake", "--compare-images", "4",
-                        "--out", str(tmp_path / "all.safetensors")], capsys)
+    code, out, _ = cli(["convert", str(target), "--json", "--data", "fake", "--compare-images", "4",
+                        "--out", str(tmp_path / "all.safetensors")])
     counts = json.loads(out)["plan"]["counts"]
     assert code == 0 and counts == {"replace": 19, "skip": 0, "keep": 1}
 
 
-def test_cli_weights_from_a_torch_checkpoint(capsys, tmp_path):
+def test_cli_weights_from_a_torch_checkpoint(cli, tmp_path):
     model = timm.create_model("resnet18", num_classes=10)
     torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, tmp_path / "w.pth")
     target = tmp_path / "m.safetensors"
-    code, _, err = run(["convert", "timm:resnet18", "--num-classes", "10", "--weights", str(tmp_path / "w.pth"),
-                        "--layers", "stem", "--compare-images", "2", "--out", str(target)], capsys)
+    code, _, err = cli(["convert", "timm:resnet18", "--num-classes", "10", "--weights", str(tmp_path / "w.pth"),
+                        "--layers", "stem", "--compare-images", "2", "--out", str(target)])
     assert code == 0, err
     loaded = csc_cli.load(target)
     torch.testing.assert_close(loaded.fc.weight, model.fc.weight)
-    code, _, err = run(["convert", "timm:resnet18", "--num-classes", "5", "--weights", str(tmp_path / "w.pth")], capsys)
+    code, _, err = cli(["convert", "timm:resnet18", "--num-classes", "5", "--weights", str(tmp_path / "w.pth")])
     assert code == 1 and "num-classes" in err
 
 
@@ -298,20 +288,20 @@ def test_cli_weights_from_a_torch_checkpoint(capsys, tmp_path):
         (["convert", "timm:resnet18", "--lambda", "-1"], "lam must be"),
     ],
 )
-def test_cli_bad_input_is_one_line(args, message, capsys):
-    code, _, err = run(args, capsys)
+def test_cli_bad_input_is_one_line(args, message, cli):
+    code, _, err = cli(args)
     assert code == 1 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 or err.count("error:") == 1
 
 
-def test_cli_source_file_that_is_not_a_model(capsys, tmp_path):
+def test_cli_source_file_that_is_not_a_model(cli, tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a model at all")
-    code, _, err = run(["convert", str(junk)], capsys)
+    code, _, err = cli(["convert", str(junk)])
     assert code == 1 and "not a safetensors model file" in err
 
 
-def test_cli_pretrained_offline_says_what_to_do(capsys, monkeypatch):
+def test_cli_pretrained_offline_says_what_to_do(cli, monkeypatch):
     def offline(*args, **kwargs):
         if kwargs.get("pretrained"):
             raise ConnectionError("no network")
@@ -319,5 +309,5 @@ def test_cli_pretrained_offline_says_what_to_do(capsys, monkeypatch):
 
     real = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
-    code, _, err = run(["convert", "timm:resnet18", "--pretrained", "--dry-run"], capsys)
+    code, _, err = cli(["convert", "timm:resnet18", "--pretrained", "--dry-run"])
     assert code == 1 and "--weights FILE" in err

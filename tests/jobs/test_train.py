@@ -13,22 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 import csc_cli
-from csc_cli.cli import main
 from csc_cli.data import load_dataset
 from csc_cli.data.pipeline import Batches, normalize
 from csc_cli.jobs.train import TrainConfig, evaluate, lr_at, run_train
 
 ROOT = Path(__file__).resolve().parents[2]
 CIFAR_MINI = ROOT.parent / "shared" / "data" / "cifar10-mini"
-
-
-def run(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ------------------------------------------------------------------ schedules and batches
@@ -167,10 +157,10 @@ def test_two_processes_on_gloo(tmp_path):
 
 
 # ------------------------------------------------------------------ recipes and CLI
-def test_recipe_round_trip(tmp_path, capsys):
+def test_recipe_round_trip(tmp_path, cli):
     recipe = ROOT / "recipes" / "digits_sdnet.toml"
-    code, out, err = run(["train", "--recipe", str(recipe), "--epochs", "1", "--max-batches", "2",
-                          "--out", str(tmp_path / "r"), "--json"], capsys)
+    code, out, err = cli(["train", "--recipe", str(recipe), "--epochs", "1", "--max-batches", "2",
+                          "--out", str(tmp_path / "r"), "--json"])
     assert code == 0, err
     resolved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert resolved["epochs"] == 1 and resolved["arch"] == "resnet20_cifar" and resolved["augment"] == "crop"
@@ -183,8 +173,7 @@ def test_recipe_round_trip(tmp_path, capsys):
             continue
         lines.append(f"{key} = {json.dumps(value)}")
     (tmp_path / "again.toml").write_text("\n".join(lines))
-    code, _, err = run(["train", "--recipe", str(tmp_path / "again.toml"), "--out", str(tmp_path / "r2"), "--json"],
-                       capsys)
+    code, _, err = cli(["train", "--recipe", str(tmp_path / "again.toml"), "--out", str(tmp_path / "r2"), "--json"])
     assert code == 0, err
     again = json.loads((tmp_path / "r2" / "config.json").read_text())
     assert {k: v for k, v in again.items() if k != "out"} == {k: v for k, v in resolved.items() if k != "out"}
@@ -213,27 +202,27 @@ def test_every_shipped_recipe_parses(recipe):
         (["train", "cifar10", "--data-dir", "/nonexistent/place"], "give --data-dir"),
     ],
 )
-def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path):
-    code, _, err = run(args + ["--out", str(tmp_path / "x")], capsys)
+def test_bad_input_is_one_clear_line(args, message, cli, tmp_path):
+    code, _, err = cli(args + ["--out", str(tmp_path / "x")])
     assert code == 1 and message in err and "Traceback" not in err
 
 
-def test_bad_recipe_and_out_and_resume(capsys, tmp_path):
+def test_bad_recipe_and_out_and_resume(cli, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('epochs = "ten"\nfoo = 1\n')
-    code, _, err = run(["train", "--recipe", str(bad)], capsys)
+    code, _, err = cli(["train", "--recipe", str(bad)])
     assert code == 1 and "unknown key(s) foo" in err
     bad.write_text('epochs = "ten"\n')
-    code, _, err = run(["train", "--recipe", str(bad)], capsys)
+    code, _, err = cli(["train", "--recipe", str(bad)])
     assert code == 1 and "epochs must be an integer" in err
     afile = tmp_path / "afile"
     afile.write_text("x")
-    code, _, err = run(["train", "--out", str(afile)], capsys)
+    code, _, err = cli(["train", "--out", str(afile)])
     assert code == 1 and "is a file" in err
-    code, _, err = run(["train", "--epochs", "1", "--max-batches", "1", "--out", str(tmp_path / "s"), "--json"], capsys)
+    code, _, err = cli(["train", "--epochs", "1", "--max-batches", "1", "--out", str(tmp_path / "s"), "--json"])
     assert code == 0
-    code, _, err = run(["train", "--arch", "resnet18_cifar", "--resume", str(tmp_path / "s" / "state.safetensors"),
-                        "--out", str(tmp_path / "s2")], capsys)
+    code, _, err = cli(["train", "--arch", "resnet18_cifar", "--resume", str(tmp_path / "s" / "state.safetensors"),
+                        "--out", str(tmp_path / "s2")])
     assert code == 1 and "state of a resnet20_cifar" in err
 
 
@@ -243,10 +232,10 @@ def test_bf16_autocast_and_channels_last_on_cpu(tmp_path):
     assert csc_cli.load(result.model_path).conv1.weight.dtype == torch.float32
 
 
-def test_fine_tune_a_converted_model(tmp_path, capsys):
+def test_fine_tune_a_converted_model(tmp_path, cli):
     target = tmp_path / "conv.safetensors"
-    code, _, err = run(["convert", "timm:resnet20_cifar", "--num-classes", "10", "--layers", "stem", "--data", "fake",
-                        "--compare-images", "2", "--out", str(target)], capsys)
+    code, _, err = cli(["convert", "timm:resnet20_cifar", "--num-classes", "10", "--layers", "stem", "--data", "fake",
+                        "--compare-images", "2", "--out", str(target)])
     assert code == 0, err
     result = run_train(TrainConfig(dataset="fake", init=str(target), epochs=1, max_batches=2, out=str(tmp_path / "ft")))
     tuned = csc_cli.load(result.model_path)
