@@ -308,6 +308,179 @@ def _train_with_progress(config, run_train) -> None:
     console.print(f"wrote {result.model_path} and metrics in {result.out} ({result.seconds:.0f} s)")
 
 
+def _grid(text: str) -> List[float]:
+    """'0.1:1.4:0.1' (inclusive) or '0.1,0.3,0.5'."""
+    if ":" in text:
+        try:
+            start, stop, step = (float(v) for v in text.split(":"))
+        except ValueError:
+            raise typer.BadParameter(f"expected start:stop:step, got {text!r}") from None
+        if step <= 0 or stop < start:
+            raise typer.BadParameter(f"expected start <= stop and step > 0, got {text!r}")
+        n = int(round((stop - start) / step)) + 1
+        return [round(start + i * step, 10) for i in range(n)]
+    return _floats(text)
+
+
+@app.command("eval")
+def eval_(
+    model: Path = typer.Argument(..., help="A csc model file (.safetensors)."),
+    dataset: Optional[str] = typer.Argument(None, help="Default: the dataset the model was trained on."),
+    data_dir: Optional[str] = typer.Option(None, help="Where the dataset lives."),
+    batch_size: int = typer.Option(256, help="Evaluation batch size."),
+    max_images: Optional[int] = typer.Option(None, help="A seeded subset of the test split."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+    amp: str = typer.Option("none", help="none, bf16 or fp16."),
+    corruptions: Optional[List[str]] = typer.Option(None, "--corruptions", "-c",
+                                                    help="Corruption names, or all / standard / extra / noise (repeatable, comma-separated)."),
+    severities: str = typer.Option("1,2,3,4,5", help="Severities to evaluate (1-5)."),
+    corruption_dir: Optional[str] = typer.Option(None, help="Read CIFAR-10-C/100-C .npy or ImageNet-C folders instead of generating."),
+    baseline: Optional[str] = typer.Option(None, help="A model file to compute mCE and relative mCE against."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="auto, a number (first CSC layer) or layer=value,..."),
+    lambda_scale: Optional[float] = typer.Option(None, help="Multiply the trained lambda by this."),
+    lambda_layers: str = typer.Option("first", help="Layers --lambda-scale applies to: first or all."),
+    lambda_sweep: Optional[str] = typer.Option(None, help="Lambdas for the first CSC layer, e.g. 0.1:1.4:0.1 (reports the oracle)."),
+    calibrate_lambda: bool = typer.Option(False, "--calibrate-lambda", help="Fit lambda = a*r(x)+b on corrupted training images and store it."),
+    calibration_images: int = typer.Option(512, help="Training images used to calibrate."),
+    calibration_corruptions: str = typer.Option("gaussian_noise", help="Corruptions used to calibrate."),
+    out: Optional[str] = typer.Option(None, help="Write the calibrated model here (default: update MODEL)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write every accuracy as CSV rows here."),
+    plots: Optional[Path] = typer.Option(None, help="Write PNG figures into this folder."),
+    seed: int = typer.Option(0, help="Seed for subsets and corruptions."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Evaluate a model: clean accuracy, corruption robustness, test-time lambda (as trained,
+    oracle, auto)."""
+    from .jobs.evaluate import EvalConfig, run_eval
+
+    if not model.exists():
+        raise ValueError(f"model file {model} does not exist")
+    if lambda_layers not in ("first", "all"):
+        raise ValueError(f"--lambda-layers must be first or all, got {lambda_layers!r}")
+    sev = [int(v) for v in _floats(severities)] if severities else [1, 2, 3, 4, 5]
+    config = EvalConfig(model=str(model), dataset=dataset, data_dir=data_dir, batch_size=batch_size,
+                        max_images=max_images, device=device, amp=amp, corruptions=list(corruptions or []),
+                        severities=sev, corruption_dir=corruption_dir, baseline=baseline, lam=lam,
+                        lambda_scale=lambda_scale, lambda_layers=lambda_layers,
+                        lambda_sweep=_grid(lambda_sweep) if lambda_sweep else None,
+                        calibrate_lambda=calibrate_lambda, calibration_images=calibration_images,
+                        calibration_corruptions=[c for c in calibration_corruptions.split(",") if c], out=out,
+                        seed=seed)
+    if as_json:
+        result = run_eval(config).to_dict()
+    else:
+        with _progress() as bar:
+            task = bar.add_task("evaluating", total=None)
+
+            def progress(kind: str, info: dict) -> None:
+                if "total" in info:
+                    bar.update(task, description=kind, completed=info["done"], total=info["total"])
+
+            result = run_eval(config, progress).to_dict()
+    files = []
+    if csv is not None:
+        _write_eval_csv(result, csv)
+        files.append(str(csv))
+    if plots is not None:
+        from .plots import eval_figures
+
+        files += eval_figures(result, plots)
+    result["files"] = files
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    _render_eval(result)
+
+
+def _write_eval_csv(result: dict, path: Path) -> None:
+    import csv as csvlib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csvlib.writer(fh)
+        w.writerow(["kind", "corruption", "severity", "mode", "lambda", "accuracy"])
+        clean = result["clean"]
+        w.writerow(["clean", "", "", result["lam"]["mode"], "", clean["top1"]])
+        for i, acc in enumerate(clean["per_class"]):
+            w.writerow(["class", clean["class_names"][i], "", result["lam"]["mode"], "", acc])
+        table = result.get("corruptions") or {}
+        for mode, acc in [(result["lam"]["mode"], table.get("accuracy", {}))] + [
+                (k, table[k]["accuracy"]) for k in ("oracle", "auto") if k in table]:
+            for name, per in acc.items():
+                for s, a in per.items():
+                    lam = table["oracle"]["lam"][name][s] if mode == "oracle" else ""
+                    w.writerow(["corruption", name, s, mode, lam, a])
+        sweep = result.get("sweep") or {}
+        for name, per in sweep.get("accuracy", {}).items():
+            for s, accs in per.items():
+                for lam, a in zip(sweep["grid"], accs):
+                    w.writerow(["sweep", name, s, "fixed", lam, a])
+
+
+def _render_eval(result: dict) -> None:
+    clean = result["clean"]
+    mode = result["lam"]["mode"]
+    console.print(f"[bold]{result['model']}[/] on {result['dataset']} ({result['images']} test images), "
+                  f"lambda: {mode}" + (f" {result['lam'].get('values')}" if result['lam'].get('values') else ""))
+    t = Table(title="Clean")
+    for col in ("top-1", "top-5", "loss"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{100 * clean['top1']:.2f}%", f"{100 * clean['top5']:.2f}%", f"{clean['loss']:.4f}")
+    console.print(t)
+    if len(clean["per_class"]) <= 20:
+        pc = Table(title="Per class (top-1)")
+        for name in clean["class_names"]:
+            pc.add_column(str(name)[:10], justify="right")
+        pc.add_row(*[f"{100 * a:.1f}" if a is not None else "-" for a in clean["per_class"]])
+        console.print(pc)
+    cal = result.get("calibration")
+    if cal:
+        console.print(f"calibrated on {cal['images']} corrupted training images: lambda = {cal['a']:.4g} * r + "
+                      f"{cal['b']:.4g} for {cal['layer']} (written to {cal['written_to']})")
+    table = result.get("corruptions")
+    if table:
+        sev = [str(s) for s in table["severities"]]
+        ct = Table(title=f"Accuracy under corruption (%), lambda {mode}")
+        ct.add_column("corruption")
+        for s in sev:
+            ct.add_column(f"s{s}", justify="right")
+        ct.add_column("mean", justify="right")
+        extra = [k for k in ("oracle", "auto") if k in table]
+        for k in extra:
+            ct.add_column(f"{k} mean", justify="right")
+        for name, per in table["accuracy"].items():
+            row = [name] + [f"{100 * per[s]:.1f}" for s in sev] + [f"{100 * table['mean'][name]:.1f}"]
+            row += [f"{100 * table[k]['mean'][name]:.1f}" for k in extra]
+            ct.add_row(*row)
+        console.print(ct)
+        console.print(f"mean accuracy {100 * table['mean_accuracy']:.2f}%, mean corruption error "
+                      f"{100 * table['mean_corruption_error']:.2f}%")
+        for k in extra:
+            console.print(f"{table[k]['label'] if 'label' in table[k] else k}")
+    base = result.get("baseline")
+    if base:
+        console.print(f"vs baseline {base['model']}: mCE {100 * base['mce']:.1f}%, relative mCE "
+                      f"{100 * base['relative_mce']:.1f}%")
+    sweep = result.get("sweep")
+    if sweep:
+        st = Table(title=f"Lambda sweep on {sweep['layer']} (trained {sweep['trained_lam']:g}): best lambda per level "
+                         "(oracle: chosen on the test data)")
+        for col in ("level", "best lambda", "accuracy at best", "accuracy as trained", "r(x)"):
+            st.add_column(col, justify="right")
+        grid = sweep["grid"]
+        trained_idx = min(range(len(grid)), key=lambda i: abs(grid[i] - sweep["trained_lam"]))
+        for name, per in sweep["accuracy"].items():
+            for s, accs in per.items():
+                level = name if s == "0" else f"{name} s{s}"
+                st.add_row(level, f"{sweep['best_lam'][name][s]:g}", f"{100 * max(accs):.1f}",
+                           f"{100 * accs[trained_idx]:.1f}", f"{sweep['r'][name][s]:.4g}")
+        console.print(st)
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
+    for path in result.get("files", []):
+        console.print(f"wrote {path}")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True)

@@ -453,8 +453,10 @@ def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, preset: 
         raise ValueError(f"unknown corruption {name!r}; valid: {', '.join(ALL)}")
     if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer from 1 to 5, got {severity!r}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"corruptions need RGB batches (N, 3, H, W), got shape {tuple(images.shape)}")
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"corruptions need image batches (N, 3, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
+    if images.shape[1] == 1:  # grayscale: corrupt as an RGB image with equal channels, average back
+        return corrupt(images.expand(-1, 3, -1, -1), name, severity, seed=seed, preset=preset).mean(1, keepdim=True)
     preset = preset or preset_for(max(images.shape[-2:]))
     gen = torch.Generator().manual_seed(seed * 1_000_003 + ALL.index(name) * 101 + severity)
     constant = CONSTANTS[preset][name][severity - 1]

@@ -86,8 +86,10 @@ def test_bad_requests():
         corrupt(x, "fire", 1)
     with pytest.raises(ValueError, match="severity must be an integer from 1 to 5"):
         corrupt(x, "fog", 6)
-    with pytest.raises(ValueError, match="RGB"):
-        corrupt(torch.rand(1, 1, 8, 8), "fog", 1)
+    with pytest.raises(ValueError, match="image batches"):
+        corrupt(torch.rand(1, 2, 8, 8), "fog", 1)
+    grey = corrupt(torch.rand(2, 1, 8, 8), "gaussian_noise", 3)
+    assert grey.shape == (2, 1, 8, 8)
     assert parse_corruptions(["noise", "fog,gaussian_noise"]) == NOISES + ["fog"]
     with pytest.raises(ValueError, match="unknown corruption"):
         parse_corruptions(["gaussian,fog"])

@@ -1,0 +1,406 @@
+"""The eval job: accuracy, corruption robustness, and test-time lambda (as trained / oracle / auto).
+
+``run_eval(EvalConfig(...), progress) -> EvalResult``. Clean accuracy (top-1, top-5, loss,
+per-class); a corruption x severity table generated on the fly (or read from CIFAR-10-C /
+ImageNet-C folders) with mean corruption error and, against a baseline model, mCE and relative mCE;
+a lambda sweep on the first CSC layer with the best lambda per corruption level ("oracle": chosen on
+the test data, and labelled so); the label-free rule ``lambda = a * r(x) + b`` fitted on corrupted
+*training* images (``calibrate``) and applied per input (``auto``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checkpoint import load, save
+from ..data import load_dataset
+from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
+from ..data.pipeline import normalize
+from ..robust.lam import LambdaRule, first_csc_layer, lambda_override, reconstruction_error
+
+ProgressFn = Callable[[str, Dict[str, Any]], None]
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    dataset: Optional[str] = None  # default: the dataset the model was trained on
+    data_dir: Optional[str] = None
+    batch_size: int = 256
+    max_images: Optional[int] = None  # a seeded subset of the test split
+    device: str = "auto"
+    amp: str = "none"
+    corruptions: List[str] = field(default_factory=list)
+    severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    corruption_dir: Optional[str] = None
+    baseline: Optional[str] = None
+    lam: Optional[str] = None  # None (as trained), "auto", a number (first CSC layer) or "layer=value,..."
+    lambda_scale: Optional[float] = None
+    lambda_layers: str = "first"  # which layers --lambda-scale scales: first or all
+    lambda_sweep: Optional[List[float]] = None
+    calibrate_lambda: bool = False
+    calibration_images: int = 512
+    calibration_corruptions: List[str] = field(default_factory=lambda: ["gaussian_noise"])
+    out: Optional[str] = None  # model file to write the calibrated rule to (default: the model file)
+    seed: int = 0
+
+
+@dataclass
+class EvalResult:
+    model: str
+    dataset: str
+    images: int
+    clean: Dict[str, Any]
+    lam: Dict[str, Any]
+    corruptions: Optional[Dict[str, Any]] = None
+    sweep: Optional[Dict[str, Any]] = None
+    calibration: Optional[Dict[str, Any]] = None
+    baseline: Optional[Dict[str, Any]] = None
+    notes: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- basics
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int = 256,
+            amp: str = "none") -> torch.Tensor:
+    """Logits (float32, CPU) of ``model`` (eval mode) on raw [0, 1] ``images``."""
+    outs = []
+    for start in range(0, images.shape[0], batch_size):
+        x = normalize(images[start : start + batch_size].to(device), mean, std)
+        with _autocast(device, amp):
+            outs.append(model(x).float().cpu())
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, Any]:
+    """Top-1, top-5, mean cross-entropy and per-class accuracy."""
+    n = labels.numel()
+    top1 = (logits.argmax(1) == labels).float()
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, dim=1).indices == labels.view(-1, 1)).any(1).float()
+    per_class = []
+    for c in range(num_classes):
+        mask = labels == c
+        per_class.append(float(top1[mask].mean()) if mask.any() else None)
+    return {"top1": float(top1.mean()) if n else 0.0, "top5": float(top5.mean()) if n else 0.0,
+            "loss": float(F.cross_entropy(logits, labels)) if n else 0.0, "per_class": per_class, "n": n}
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+# ----------------------------------------------------------------------------- corrupted data
+def _load_c_folder(root: Path, name: str, severity: int, n_clean: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One corruption and severity from a CIFAR-10-C/100-C folder (``<name>.npy`` holding the 5
+    severities stacked, ``labels.npy``) or an ImageNet-C folder (``<name>/<severity>/<class>/``)."""
+    npy = root / f"{name}.npy"
+    if npy.exists():
+        labels_file = root / "labels.npy"
+        if not labels_file.exists():
+            raise FileNotFoundError(f"{root} has {npy.name} but no labels.npy")
+        data = np.load(npy, mmap_mode="r", allow_pickle=False)
+        labels = np.load(labels_file, allow_pickle=False)
+        if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8 or data.shape[0] % 5:
+            raise ValueError(f"{npy} must be a (5*N, H, W, 3) uint8 array, got {data.shape} {data.dtype}")
+        per = data.shape[0] // 5
+        if labels.shape[0] not in (per, data.shape[0]):
+            raise ValueError(f"{labels_file} has {labels.shape[0]} labels for {per} images per severity")
+        sl = slice((severity - 1) * per, (severity - 1) * per + (n_clean or per))
+        x = torch.from_numpy(np.ascontiguousarray(data[sl])).permute(0, 3, 1, 2).float() / 255
+        y = torch.from_numpy(np.asarray(labels[sl] if labels.shape[0] == data.shape[0] else labels[: x.shape[0]]))
+        return x, y.long()
+    folder = root / name / str(severity)
+    if folder.is_dir():
+        from torchvision import transforms as T
+        from torchvision.datasets import ImageFolder
+
+        ds = ImageFolder(str(folder), transform=T.ToTensor())
+        idx = range(min(len(ds), n_clean or len(ds)))
+        xs, ys = zip(*(ds[i] for i in idx))
+        return torch.stack(xs), torch.tensor(ys)
+    raise FileNotFoundError(f"{root} has neither {name}.npy (CIFAR-10-C layout) nor {name}/{severity}/ "
+                            f"(ImageNet-C layout)")
+
+
+# ----------------------------------------------------------------------------- lambda
+def _parse_lam(spec: str, model: nn.Module) -> Dict[str, float]:
+    values: Dict[str, float] = {}
+    for part in spec.split(","):
+        if "=" in part:
+            name, value = part.split("=", 1)
+            values[name.strip()] = float(value)
+        else:
+            values[first_csc_layer(model)] = float(part)
+    return values
+
+
+def _layer_lams(model: nn.Module) -> Dict[str, float]:
+    from ..layers import _CSCConvNd
+
+    return {n: float(m.lam) for n, m in model.named_modules() if isinstance(m, _CSCConvNd)}
+
+
+def _rule_of(model: nn.Module) -> LambdaRule:
+    data = getattr(model, "csc_info", {}).get("lambda_rule")
+    if data is None:
+        raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` first")
+    return LambdaRule.from_dict(data)
+
+
+@contextlib.contextmanager
+def lambda_mode(model: nn.Module, config: EvalConfig) -> Iterator[Dict[str, Any]]:
+    """Apply the requested test-time lambda; yields a description of it."""
+    trained = _layer_lams(model)
+    if (config.lam is not None or config.lambda_scale is not None) and not trained:
+        raise ValueError("this model has no CSC layer: --lambda and --lambda-scale do not apply")
+    if config.lam == "auto":
+        rule = _rule_of(model)
+        with rule.applied(model):
+            yield {"mode": "auto", "rule": rule.to_dict(), "trained": trained}
+        return
+    values: Dict[str, float] = {}
+    if config.lam is not None:
+        values.update(_parse_lam(config.lam, model))
+    if config.lambda_scale is not None:
+        if config.lambda_scale < 0:
+            raise ValueError(f"--lambda-scale must be >= 0, got {config.lambda_scale}")
+        names = list(trained) if config.lambda_layers == "all" else [first_csc_layer(model)]
+        values.update({n: trained[n] * config.lambda_scale for n in names if n not in values})
+    with lambda_override(model, values):
+        yield {"mode": "fixed" if values else "as trained", "values": values, "trained": trained}
+
+
+# ----------------------------------------------------------------------------- calibration
+def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, mean, std, device,
+                     grid: List[float], emit: ProgressFn) -> Tuple[LambdaRule, Dict[str, Any]]:
+    """Fit ``lambda = a * r + b`` on corrupted *training* images: for every noise level (clean and
+    each calibration corruption at severities 1-5), the lambda of the grid with the best accuracy,
+    against the mean reconstruction error ``r`` of that level at the trained lambda."""
+    layer_name = first_csc_layer(model)
+    layer = dict(model.named_modules())[layer_name]
+    reference = float(layer.lam)
+    train = load_dataset(dataset, "train", Path(config.data_dir) if config.data_dir else None)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    idx = torch.randperm(train.images.shape[0], generator=gen)[: config.calibration_images]
+    x, y = train.images[idx], train.labels[idx]
+    levels = [("clean", 0)] + [(c, s) for c in config.calibration_corruptions for s in range(1, 6)]
+    rs, best, rows = [], [], []
+    for i, (name, severity) in enumerate(levels):
+        xc = x if severity == 0 else corrupt(x, name, severity, seed=config.seed + 7)
+        xn = normalize(xc.to(device), mean, std)
+        with torch.no_grad():
+            r = float(_stem_input_error(model, layer, xn, reference))
+        accs = []
+        for lam in grid:
+            with lambda_override(model, {layer_name: lam}):
+                accs.append(_accuracy(predict(model, xc, mean, std, device, config.batch_size, config.amp), y))
+        pick = grid[int(np.argmax(accs))]
+        rs.append(r)
+        best.append(pick)
+        rows.append({"corruption": name, "severity": severity, "r": r, "best_lam": pick, "accuracies": accs})
+        emit("calibrate", {"done": i + 1, "total": len(levels)})
+    rule = LambdaRule.fit(layer_name, reference, rs, best, lo=min(grid), hi=max(grid))
+    return rule, {"layer": layer_name, "reference_lam": reference, "grid": grid, "levels": rows,
+                  "images": int(x.shape[0]), "a": rule.a, "b": rule.b}
+
+
+@torch.no_grad()
+def _stem_input_error(model: nn.Module, layer, x: torch.Tensor, lam: float) -> torch.Tensor:
+    """Mean reconstruction error of ``layer``'s own input when ``model`` sees ``x``."""
+    captured = {}
+
+    def hook(mod, args):
+        captured["x"] = args[0]
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return reconstruction_error(layer, captured["x"], lam).mean()
+
+
+class _Stop(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- the job
+def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalResult:
+    emit = progress or (lambda kind, info: None)
+    if config.max_images is not None and config.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {config.max_images}")
+    for s in config.severities:
+        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
+            raise ValueError(f"severity must be an integer from 1 to 5, got {s!r}")
+    corruptions = parse_corruptions(config.corruptions)
+    if config.lam is not None and config.lam != "auto":
+        try:
+            [float(p.split("=")[-1]) for p in config.lam.split(",")]
+        except ValueError:
+            raise ValueError(f"--lambda must be 'auto', a number, or layer=value pairs, got {config.lam!r}") from None
+    device = _device(config.device)
+    model = load(config.model, map_location=device).to(device).eval()
+    info = getattr(model, "csc_info", {})
+    dataset = config.dataset or info.get("dataset")
+    if not dataset:
+        raise ValueError("the model file does not say which dataset it was trained on: give DATASET")
+    norm = info.get("normalization") or {}
+    from ..data import NORMALIZATION
+
+    mean = tuple(norm.get("mean", NORMALIZATION.get(dataset, NORMALIZATION["imagenet"])[0]))
+    std = tuple(norm.get("std", NORMALIZATION.get(dataset, NORMALIZATION["imagenet"])[1]))
+    test = load_dataset(dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    images, labels = test.images, test.labels
+    if config.max_images and config.max_images < images.shape[0]:
+        idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))[: config.max_images]
+        idx = idx.sort().values
+        images, labels = images[idx], labels[idx]
+    num_classes = test.num_classes
+    notes: List[str] = []
+    grid = config.lambda_sweep
+    if config.calibrate_lambda and not grid:
+        grid = [round(0.1 * i, 2) for i in range(1, 15)]  # the authors' 0.1 .. 1.4
+
+    calibration = None
+    if config.calibrate_lambda:
+        rule, calibration = calibrate_lambda(model, config, dataset, mean, std, device, grid, emit)
+        target = Path(config.out or config.model)
+        info = dict(info)
+        info["lambda_rule"] = rule.to_dict()
+        save(model, target, **info)
+        model.csc_info = info
+        calibration["written_to"] = str(target)
+
+    baseline_model = load(config.baseline, map_location=device).to(device).eval() if config.baseline else None
+
+    with lambda_mode(model, config) as lam_info:
+        clean_logits = predict(model, images, mean, std, device, config.batch_size, config.amp)
+        clean = scores(clean_logits, labels, num_classes)
+        clean["class_names"] = test.class_names
+        emit("clean", clean)
+
+        table = None
+        if corruptions:
+            table = _corruption_table(model, corruptions, config, images, labels, mean, std, device, emit)
+            subs = sorted(set(corruptions) & set(SUBSTITUTES))
+            if subs and not config.corruption_dir:
+                notes += [f"{n}: {SUBSTITUTES[n]}" for n in subs]
+
+    baseline = None
+    if baseline_model is not None and table is not None:
+        b_norm = getattr(baseline_model, "csc_info", {}).get("normalization") or {}
+        b_mean, b_std = tuple(b_norm.get("mean", mean)), tuple(b_norm.get("std", std))
+        b_clean = _accuracy(predict(baseline_model, images, b_mean, b_std, device, config.batch_size), labels)
+        b_table = _corruption_table(baseline_model, corruptions, config, images, labels, b_mean, b_std, device,
+                                    lambda k, i: None)
+        baseline = _mce(table, b_table, clean["top1"], b_clean)
+        baseline["model"] = config.baseline
+
+    if table is not None and config.lam != "auto" and getattr(model, "csc_info", {}).get("lambda_rule"):
+        auto_cfg = EvalConfig(**{**asdict(config), "lam": "auto", "lambda_scale": None})
+        with lambda_mode(model, auto_cfg):
+            auto = _corruption_table(model, corruptions, config, images, labels, mean, std, device, lambda k, i: None)
+            auto_clean = _accuracy(predict(model, images, mean, std, device, config.batch_size, config.amp), labels)
+        table["auto"] = {"clean": auto_clean, "accuracy": auto["accuracy"], "mean": auto["mean"],
+                         "label": "auto: lambda = a * r(x) + b per input, fitted on corrupted training images"}
+    sweep = None
+    if grid and (config.lambda_sweep or corruptions):
+        sweep = _sweep(model, grid, corruptions, config, images, labels, mean, std, device, emit)
+        if table is not None:
+            table["oracle"] = sweep["oracle"]
+    return EvalResult(model=config.model, dataset=dataset, images=int(images.shape[0]), clean=clean, lam=lam_info,
+                      corruptions=table, sweep=sweep, calibration=calibration, baseline=baseline, notes=notes)
+
+
+def _corrupted(name: str, severity: int, config: EvalConfig, images, labels):
+    if config.corruption_dir:
+        return _load_c_folder(Path(config.corruption_dir), name, severity, config.max_images)
+    return corrupt(images, name, severity, seed=config.seed), labels
+
+
+def _corruption_table(model, corruptions, config, images, labels, mean, std, device, emit) -> Dict[str, Any]:
+    acc: Dict[str, Dict[str, float]] = {}
+    total = len(corruptions) * len(config.severities)
+    done = 0
+    for name in corruptions:
+        acc[name] = {}
+        for severity in config.severities:
+            x, y = _corrupted(name, severity, config, images, labels)
+            acc[name][str(severity)] = _accuracy(predict(model, x, mean, std, device, config.batch_size, config.amp), y)
+            done += 1
+            emit("corruption", {"done": done, "total": total, "name": name, "severity": severity})
+    means = {n: float(np.mean(list(v.values()))) for n, v in acc.items()}
+    return {"accuracy": acc, "mean": means, "mean_accuracy": float(np.mean(list(means.values()))),
+            "mean_corruption_error": 1 - float(np.mean(list(means.values()))),
+            "preset": "files" if config.corruption_dir else preset_for(max(images.shape[-2:])),
+            "severities": list(config.severities)}
+
+
+def _mce(table, base, clean_acc, base_clean) -> Dict[str, Any]:
+    """Hendrycks & Dietterich: CE_c = sum_s E_{s,c} / sum_s E^base_{s,c}; relative CE_c =
+    sum_s (E_{s,c} - E_clean) / sum_s (E^base_{s,c} - E^base_clean); means over corruptions."""
+    ce, rel = {}, {}
+    for name, per in table["accuracy"].items():
+        err = [1 - a for a in per.values()]
+        berr = [1 - a for a in base["accuracy"][name].values()]
+        ce[name] = sum(err) / max(sum(berr), 1e-12)
+        denom = sum(b - (1 - base_clean) for b in berr)
+        rel[name] = sum(e - (1 - clean_acc) for e in err) / denom if abs(denom) > 1e-12 else float("nan")
+    return {"ce": ce, "mce": float(np.mean(list(ce.values()))), "relative_ce": rel,
+            "relative_mce": float(np.nanmean(list(rel.values()))), "baseline_clean": base_clean,
+            "baseline_mean_accuracy": base["mean_accuracy"]}
+
+
+def _sweep(model, grid, corruptions, config, images, labels, mean, std, device, emit) -> Dict[str, Any]:
+    """Accuracy for each lambda of the grid (first CSC layer) on clean data and every corruption
+    level; the best lambda per level is the 'oracle' (chosen on the test data)."""
+    layer_name = first_csc_layer(model)
+    levels = [("clean", 0)] + [(c, s) for c in corruptions for s in config.severities]
+    curves: Dict[str, Dict[str, List[float]]] = {}
+    r_levels: Dict[str, Dict[str, float]] = {}
+    layer = dict(model.named_modules())[layer_name]
+    trained = float(layer.lam)
+    for i, (name, severity) in enumerate(levels):
+        x, y = (images, labels) if severity == 0 else _corrupted(name, severity, config, images, labels)
+        accs = []
+        for lam in grid:
+            with lambda_override(model, {layer_name: lam}):
+                accs.append(_accuracy(predict(model, x, mean, std, device, config.batch_size, config.amp), y))
+        curves.setdefault(name, {})[str(severity)] = accs
+        xn = normalize(x[: min(256, x.shape[0])].to(device), mean, std)
+        r_levels.setdefault(name, {})[str(severity)] = float(_stem_input_error(model, layer, xn, trained))
+        emit("sweep", {"done": i + 1, "total": len(levels)})
+    oracle_acc = {n: {s: max(v) for s, v in per.items()} for n, per in curves.items() if n != "clean"}
+    oracle_lam = {n: {s: grid[int(np.argmax(v))] for s, v in per.items()} for n, per in curves.items()}
+    means = {n: float(np.mean(list(v.values()))) for n, v in oracle_acc.items()}
+    return {"layer": layer_name, "grid": grid, "trained_lam": trained, "accuracy": curves, "r": r_levels,
+            "best_lam": oracle_lam,
+            "oracle": {"accuracy": oracle_acc, "mean": means, "lam": oracle_lam,
+                       "label": "oracle: lambda chosen per level on the test data"}}

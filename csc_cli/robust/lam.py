@@ -1,0 +1,125 @@
+"""Test-time lambda: change it per layer, or choose it per input with a calibrated rule.
+
+SDNet's robustness claim: raising the first CSC layer's lambda at test time recovers stable codes
+from noisy inputs. :func:`lambda_override` sets lambdas for a block of code and restores them;
+:class:`LambdaRule` is the label-free rule ``lambda(x) = a * r(x) + b`` fitted on corrupted training
+images, with ``r(x)`` the first layer's reconstruction error per input value,
+``||x - A z||^2 / numel(x)`` for the code ``z`` at the layer's trained lambda.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..layers import _CSCConvNd
+
+
+def csc_layer_names(model: nn.Module) -> List[str]:
+    """The CSC layers of ``model``, in registration order (the stem first)."""
+    return [n for n, m in model.named_modules() if isinstance(m, _CSCConvNd)]
+
+
+def first_csc_layer(model: nn.Module) -> str:
+    names = csc_layer_names(model)
+    if not names:
+        raise ValueError("this model has no CSC layer: test-time lambda does not apply")
+    return names[0]
+
+
+@contextlib.contextmanager
+def lambda_override(model: nn.Module, values: Dict[str, float]) -> Iterator[None]:
+    """Set the lambda of the named CSC layers inside the block; restore them afterwards."""
+    layers = dict(model.named_modules())
+    saved = {}
+    for name, value in values.items():
+        layer = layers.get(name)
+        if not isinstance(layer, _CSCConvNd):
+            raise ValueError(f"{name!r} is not a CSC layer of this model (CSC layers: {csc_layer_names(model)})")
+        saved[name] = layer.lam.clone()
+        layer.lam = value
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            layers[name].lam.copy_(value)
+
+
+@torch.no_grad()
+def reconstruction_error(layer: _CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
+    """``||x - A z||^2 / numel`` per sample, ``z`` the layer's code of ``x`` at ``lam`` (default:
+    its own lambda)."""
+    z, _ = layer.solve(x, lam=lam)
+    residual = x - layer.decode(z, x.shape[2:])
+    return residual.square().flatten(1).mean(1)
+
+
+@dataclass
+class LambdaRule:
+    """``lambda(x) = clamp(a * r(x) + b, lo, hi)`` for the CSC layer ``layer``."""
+
+    layer: str
+    a: float
+    b: float
+    reference_lam: float  # the lambda at which r(x) is measured (the layer's trained one)
+    lo: float = 0.0
+    hi: float = 10.0
+    points: Optional[List[Dict[str, float]]] = None  # (r, best lambda) pairs it was fitted on
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict) -> "LambdaRule":
+        if not isinstance(data, dict):
+            raise ValueError("the stored lambda rule is not an object")
+        try:
+            rule = cls(layer=str(data["layer"]), a=float(data["a"]), b=float(data["b"]),
+                       reference_lam=float(data["reference_lam"]), lo=float(data.get("lo", 0.0)),
+                       hi=float(data.get("hi", 10.0)), points=data.get("points"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the stored lambda rule is malformed ({exc})") from None
+        if not all(map(torch.isfinite, map(torch.tensor, (rule.a, rule.b, rule.reference_lam)))):
+            raise ValueError("the stored lambda rule has non-finite coefficients")
+        return rule
+
+    @classmethod
+    def fit(cls, layer: str, reference_lam: float, r: List[float], best: List[float], lo: float = 0.0,
+            hi: float = 10.0) -> "LambdaRule":
+        """Least-squares line through the points ``(r_i, best_i)``."""
+        if len(r) < 2:
+            raise ValueError("fitting a lambda rule needs at least two noise levels")
+        rt = torch.tensor(r, dtype=torch.float64)
+        bt = torch.tensor(best, dtype=torch.float64)
+        design = torch.stack([rt, torch.ones_like(rt)], 1)
+        coef = torch.linalg.lstsq(design, bt.unsqueeze(1)).solution.squeeze(1)
+        points = [{"r": float(a), "best_lam": float(b)} for a, b in zip(r, best)]
+        return cls(layer, float(coef[0]), float(coef[1]), reference_lam, lo, hi, points)
+
+    def lam_for(self, layer_module: _CSCConvNd, x: Tensor) -> Tensor:
+        r = reconstruction_error(layer_module, x, self.reference_lam)
+        return (self.a * r + self.b).clamp(self.lo, self.hi)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Inside the block, ``model``'s layer ``self.layer`` picks its lambda per input."""
+        module = dict(model.named_modules()).get(self.layer)
+        if not isinstance(module, _CSCConvNd):
+            raise ValueError(f"the lambda rule is for {self.layer!r}, which is not a CSC layer of this model")
+
+        def hook(mod, args, kwargs):
+            x = args[0]
+            kwargs = dict(kwargs)
+            kwargs["lam"] = self.lam_for(mod, x)
+            return args, kwargs
+
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
