@@ -27,3 +27,23 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+CIFAR_MINI = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-mini"
+
+
+@pytest.fixture(scope="session")
+def cifar_mini_models(tmp_path_factory):
+    """SDNet (CSC stem) and the plain ResNet, ResNet-20 layout, trained on cifar10-mini with the
+    same recipe and seed -- shared by the train and eval tests (skips without the data)."""
+    if not CIFAR_MINI.exists():
+        pytest.skip("needs ../shared/data/cifar10-mini")
+    from csc_cli.jobs.train import TrainConfig, run_train
+
+    root = tmp_path_factory.mktemp("cifar_mini")
+    results = {}
+    for csc in ("stem", "none"):
+        cfg = TrainConfig(dataset="cifar10", data_dir=str(CIFAR_MINI), arch="resnet20_cifar", csc=csc, epochs=6,
+                          batch_size=64, lr=0.05, seed=0, out=str(root / csc))
+        results[csc] = run_train(cfg)
+    return results

@@ -18,7 +18,6 @@ from csc_cli.data.pipeline import Batches, normalize
 from csc_cli.jobs.train import TrainConfig, evaluate, lr_at, run_train
 
 ROOT = Path(__file__).resolve().parents[2]
-CIFAR_MINI = ROOT.parent / "shared" / "data" / "cifar10-mini"
 
 
 # ------------------------------------------------------------------ schedules and batches
@@ -67,16 +66,11 @@ def test_default_run_learns_digits_and_the_model_file_restores_it(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR_MINI.exists(), reason="needs ../shared/data/cifar10-mini")
-def test_sdnet_and_resnet_both_learn_cifar10_mini(tmp_path):
-    accs = {}
-    for csc in ("stem", "none"):
-        cfg = TrainConfig(dataset="cifar10", data_dir=str(CIFAR_MINI), arch="resnet20_cifar", csc=csc, epochs=3,
-                          batch_size=64, lr=0.05, seed=0, out=str(tmp_path / csc))
-        accs[csc] = run_train(cfg).last["test_acc"]
-    print(f"cifar10-mini, resnet20_cifar, 3 epochs: SDNet (csc stem) {accs['stem']:.3f}, ResNet {accs['none']:.3f}")
-    # chance is 0.10; measured here: SDNet 0.454, ResNet 0.424
-    assert accs["stem"] > 0.3 and accs["none"] > 0.3
+def test_sdnet_and_resnet_both_learn_cifar10_mini(cifar_mini_models):
+    accs = {csc: r.last["test_acc"] for csc, r in cifar_mini_models.items()}
+    print(f"cifar10-mini, resnet20_cifar, 6 epochs: SDNet (csc stem) {accs['stem']:.3f}, ResNet {accs['none']:.3f}")
+    # chance is 0.10; measured here: see the closing note of the eval issue
+    assert accs["stem"] > 0.35 and accs["none"] > 0.35
 
 
 @pytest.mark.slow

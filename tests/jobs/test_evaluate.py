@@ -1,0 +1,158 @@
+"""csc eval: scores, corruption tables, mCE, test-time lambda (fixed / oracle / auto), files, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import csc_cli
+from csc_cli.jobs.evaluate import EvalConfig, _mce, run_eval, scores
+from csc_cli.jobs.train import TrainConfig, run_train
+from csc_cli.robust import LambdaRule, lambda_override
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """A small SDNet trained on digits for a few epochs (~5 s)."""
+    out = tmp_path_factory.mktemp("digits")
+    return run_train(TrainConfig(epochs=3, out=str(out))).model_path
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain")
+    return run_train(TrainConfig(epochs=1, csc="none", max_batches=4, out=str(out))).model_path
+
+
+def test_scores_against_a_hand_computation():
+    logits = torch.tensor([[3.0, 1, 0, 0, 0, 0], [0, 2, 1, 0, 0, 0], [0, 1, 2, 3, 4, 5], [1, 0.5, 0, 0, 0, 0]])
+    labels = torch.tensor([0, 2, 0, 1])
+    s = scores(logits, labels, 6)
+    assert s["top1"] == 0.25 and s["top5"] == 0.75  # row 2: label 0 is the smallest of 6 logits
+    assert s["per_class"][:3] == [0.5, 0.0, 0.0] and s["per_class"][3] is None
+    assert s["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+
+
+def test_mce_is_hendrycks_definition():
+    table = {"accuracy": {"fog": {"1": 0.8, "2": 0.6}}, "mean_accuracy": 0.7}
+    base = {"accuracy": {"fog": {"1": 0.7, "2": 0.5}}, "mean_accuracy": 0.6}
+    out = _mce(table, base, clean_acc=0.9, base_clean=0.8)
+    assert out["mce"] == pytest.approx((0.2 + 0.4) / (0.3 + 0.5))
+    assert out["relative_mce"] == pytest.approx(((0.2 - 0.1) + (0.4 - 0.1)) / ((0.3 - 0.2) + (0.5 - 0.2)))
+
+
+def test_lambda_override_restores_and_rule_fits_a_line():
+    model = csc_cli.models.build_model("resnet20_cifar", 10, csc="all")
+    with lambda_override(model, {"conv1": 0.7, "layer1.0.conv1": 0.3}):
+        assert float(model.conv1.lam) == pytest.approx(0.7)
+    assert float(model.conv1.lam) == pytest.approx(0.1) and float(model.layer1[0].conv1.lam) == pytest.approx(0.1)
+    rule = LambdaRule.fit("conv1", 0.1, [0.1, 0.2, 0.3], [0.2, 0.4, 0.6])
+    assert rule.a == pytest.approx(2.0) and rule.b == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="not a CSC layer"):
+        with lambda_override(model, {"fc": 0.5}):
+            pass
+
+
+def test_clean_eval_and_lambda_scale(digits_model):
+    base = run_eval(EvalConfig(model=digits_model))
+    assert base.clean["top1"] > 0.8 and base.images == 359 and base.lam["mode"] == "as trained"
+    big = run_eval(EvalConfig(model=digits_model, lambda_scale=30.0))
+    assert big.lam["values"] == {"conv1": pytest.approx(3.0)}
+    assert big.clean["top1"] < base.clean["top1"]  # a far too large lambda wipes the codes out
+    same = run_eval(EvalConfig(model=digits_model, lam="conv1=0.1"))
+    assert same.clean["top1"] == base.clean["top1"]
+    assert float(csc_cli.load(digits_model).conv1.lam) == pytest.approx(0.1)  # the file is untouched
+
+
+def test_corruptions_sweep_and_files(digits_model, tmp_path, cli):
+    code, out, err = cli(["eval", digits_model, "-c", "gaussian_noise,contrast", "--severities", "1,5",
+                          "--lambda-sweep", "0.1:0.5:0.2", "--max-images", "120", "--json",
+                          "--csv", str(tmp_path / "r.csv"), "--plots", str(tmp_path / "figs")])
+    assert code == 0, err
+    r = json.loads(out)
+    table = r["corruptions"]
+    assert set(table["accuracy"]) == {"gaussian_noise", "contrast"} and set(table["accuracy"]["contrast"]) == {"1", "5"}
+    assert table["accuracy"]["gaussian_noise"]["5"] <= table["accuracy"]["gaussian_noise"]["1"] + 0.05
+    assert r["sweep"]["grid"] == [0.1, 0.3, 0.5] and "oracle" in table
+    oracle = table["oracle"]["accuracy"]["gaussian_noise"]["5"]
+    assert oracle == max(r["sweep"]["accuracy"]["gaussian_noise"]["5"]) >= table["accuracy"]["gaussian_noise"]["5"]
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows[0] == "kind,corruption,severity,mode,lambda,accuracy" and any(x.startswith("sweep,") for x in rows)
+    for name in ("accuracy_vs_severity.png", "accuracy_vs_lambda.png", "best_lambda_vs_error.png"):
+        assert (tmp_path / "figs" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibrated_rule_round_trips_through_the_model_file(digits_model, tmp_path):
+    target = tmp_path / "calibrated.safetensors"
+    r = run_eval(EvalConfig(model=digits_model, calibrate_lambda=True, calibration_images=128,
+                            lambda_sweep=[0.1, 0.3, 0.6], out=str(target), max_images=100))
+    cal = r.calibration
+    assert len(cal["levels"]) == 6 and cal["written_to"] == str(target)
+    assert [lv["severity"] for lv in cal["levels"]] == [0, 1, 2, 3, 4, 5]
+    stored = LambdaRule.from_dict(csc_cli.load(target).csc_info["lambda_rule"])
+    assert (stored.a, stored.b, stored.layer) == (pytest.approx(cal["a"]), pytest.approx(cal["b"]), "conv1")
+    auto = run_eval(EvalConfig(model=str(target), lam="auto", corruptions=["gaussian_noise"], severities=[5],
+                               max_images=100))
+    assert auto.lam["mode"] == "auto" and auto.lam["rule"]["a"] == pytest.approx(cal["a"])
+    side = run_eval(EvalConfig(model=str(target), corruptions=["gaussian_noise"], severities=[5], max_images=100,
+                               lambda_sweep=[0.1, 0.3]))
+    assert {"oracle", "auto"} <= set(side.corruptions)  # the three modes side by side
+    assert side.corruptions["auto"]["accuracy"]["gaussian_noise"]["5"] == auto.corruptions["accuracy"]["gaussian_noise"]["5"]
+
+
+def test_reads_a_cifar10_c_folder(tmp_path):
+    model = run_train(TrainConfig(dataset="fake", epochs=1, max_batches=2, out=str(tmp_path / "m"))).model_path
+    folder = tmp_path / "C"
+    folder.mkdir()
+    gen = np.random.default_rng(0)
+    np.save(folder / "fog.npy", gen.integers(0, 256, (5 * 20, 32, 32, 3), dtype=np.uint8))
+    np.save(folder / "labels.npy", gen.integers(0, 10, (5 * 20,), dtype=np.uint8))
+    r = run_eval(EvalConfig(model=model, corruptions=["fog"], corruption_dir=str(folder)))
+    assert set(r.corruptions["accuracy"]["fog"]) == {"1", "2", "3", "4", "5"} and r.corruptions["preset"] == "files"
+    np.save(folder / "fog.npy", gen.integers(0, 256, (7, 32, 32), dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8 array"):
+        run_eval(EvalConfig(model=model, corruptions=["fog"], corruption_dir=str(folder)))
+    with pytest.raises(FileNotFoundError, match="contrast.npy"):
+        run_eval(EvalConfig(model=model, corruptions=["contrast"], corruption_dir=str(folder)))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-c", "fire"], "unknown corruption 'fire'"),
+        (["-c", "fog", "--severities", "6"], "severity must be an integer from 1 to 5"),
+        (["--lambda", "auto"], "--calibrate-lambda"),
+        (["--lambda", "lots"], "--lambda must be"),
+    ],
+)
+def test_bad_input_is_one_line(digits_model, args, message, cli):
+    code, _, err = cli(["eval", digits_model, "--max-images", "20"] + args)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_lambda_on_a_model_without_csc_layers(plain_model, cli):
+    code, _, err = cli(["eval", plain_model, "--lambda", "0.5", "--max-images", "20"])
+    assert code == 1 and "no CSC layer" in err
+    code, _, err = cli(["eval", "missing.safetensors"])
+    assert code == 1 and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_raising_lambda_helps_sdnet_on_heavy_gaussian_noise(cifar_mini_models, tmp_path):
+    """PAPER.md: raising the first layer's lambda at test time makes SDNet more robust to noise.
+    On cifar10-mini (ResNet-20 layout, 6 epochs), heavy gaussian noise (severity 5)."""
+    sdnet, resnet = cifar_mini_models["stem"].model_path, cifar_mini_models["none"].model_path
+    grid = [0.1, 0.2, 0.3, 0.4, 0.6]
+    r = run_eval(EvalConfig(model=sdnet, data_dir=str(__import__("tests.conftest").conftest.CIFAR_MINI),
+                            corruptions=["gaussian_noise", "contrast"], severities=[1, 3, 5], lambda_sweep=grid,
+                            baseline=resnet, max_images=600))
+    curve = r.sweep["accuracy"]["gaussian_noise"]["5"]
+    trained, best = curve[0], max(curve)
+    print(f"cifar10-mini gaussian noise s5: SDNet lambda 0.1 (trained) {trained:.3f}, best {best:.3f} at "
+          f"lambda {grid[curve.index(best)]}; curve {dict(zip(grid, [round(c, 3) for c in curve]))}; "
+          f"clean {r.clean['top1']:.3f}; ResNet baseline mCE {r.baseline['mce']:.3f}")
+    assert best > trained + 0.01
+    rs = [r.sweep["r"]["gaussian_noise"][s] for s in ("1", "3", "5")]
+    assert r.sweep["r"]["clean"]["0"] < rs[0] < rs[1] < rs[2]  # noisier input, larger stem residual
+    assert r.baseline["mce"] > 0 and set(r.corruptions["accuracy"]) == {"gaussian_noise", "contrast"}
