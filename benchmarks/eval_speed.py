@@ -1,0 +1,71 @@
+"""Evaluation throughput: SDNet-18 vs ResNet-18 (CIFAR layout), clean and one corruption pass.
+
+Images/s of `predict` on 32x32 images (eval mode, batch 256), and of one corruption pass
+(generate gaussian_noise severity 5, then predict), interleaved in one run, medians.
+
+    python benchmarks/eval_speed.py [--device cuda] [--images 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from csc_cli.data.corruptions import corrupt
+from csc_cli.jobs.evaluate import predict
+from csc_cli.models import build_model
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    images = torch.rand(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    models = {name: build_model("resnet18_cifar", 10, csc=csc).to(device).eval()
+              for name, csc in (("ResNet-18", "none"), ("SDNet-18", "stem"))}
+    for m in models.values():
+        predict(m, images[:8], MEAN, STD, device)  # warm-up (and the eval step-size estimate)
+    jobs = {}
+    for name, m in models.items():
+        jobs[(name, "clean")] = lambda m=m: predict(m, images, MEAN, STD, device)
+        jobs[(name, "gaussian_noise s5")] = lambda m=m: predict(m, corrupt(images, "gaussian_noise", 5), MEAN, STD, device)
+    times = {k: [] for k in jobs}
+    for _ in range(args.repeats):
+        for key, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[key].append(time.perf_counter() - start)
+    rate = {k: args.images / statistics.median(v) for k, v in times.items()}
+    rows = [{"pass": p, "resnet_images_per_s": rate[("ResNet-18", p)], "sdnet_images_per_s": rate[("SDNet-18", p)],
+             "sdnet_over_resnet_time": rate[("ResNet-18", p)] / rate[("SDNet-18", p)]}
+            for p in ("clean", "gaussian_noise s5")]
+    if args.json:
+        print(json.dumps({"device": str(device), "images": args.images, "rows": rows}, indent=2))
+        return
+    table = Table(title=f"Eval throughput, 32x32, {device}, {args.threads} threads")
+    for col in ("pass", "ResNet-18 img/s", "SDNet-18 img/s", "SDNet time / ResNet time"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["pass"], f"{r['resnet_images_per_s']:.0f}", f"{r['sdnet_images_per_s']:.0f}",
+                      f"{r['sdnet_over_resnet_time']:.3f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
