@@ -160,12 +160,23 @@ def test_raising_lambda_helps_sdnet_on_heavy_gaussian_noise(cifar_mini_models, t
 
 @pytest.mark.slow
 def test_error_grows_with_severity_on_a_fixed_model(cifar_mini_models):
-    """Every corruption at severity 5 costs the trained SDNet more accuracy than at severity 1 --
-    except elastic_transform, whose CIFAR-10-C severity 1 is the largest affine jitter (measured:
-    0.502 at s1 vs 0.522 at s5 on an 8-epoch model)."""
+    """The error a corruption causes -- the share of test images whose prediction it changes --
+    is larger at severity 5 than at 1 for every corruption on the trained SDNet, except
+    elastic_transform, whose CIFAR-10-C severity 1 is the largest affine jitter. (Accuracy is a
+    coarser measure on this 50%-accurate model: JPEG gave 54.5% at both s1 and s5 on 400 images.)"""
+    from csc_cli.data import load_dataset
+    from csc_cli.data.corruptions import ALL, corrupt
+    from csc_cli.jobs.evaluate import predict
     from tests.conftest import CIFAR_MINI
 
-    r = run_eval(EvalConfig(model=cifar_mini_models["stem"].model_path, data_dir=str(CIFAR_MINI),
-                            corruptions=["all"], severities=[1, 5], max_images=400))
-    worse = {n: (per["1"], per["5"]) for n, per in r.corruptions["accuracy"].items() if per["5"] >= per["1"]}
+    model = csc_cli.load(cifar_mini_models["stem"].model_path)
+    norm = model.csc_info["normalization"]
+    images = load_dataset("cifar10", "test", CIFAR_MINI).images[:400]
+    clean = predict(model, images, norm["mean"], norm["std"], torch.device("cpu")).argmax(1)
+    flips = {}
+    for name in ALL:
+        flips[name] = [float((predict(model, corrupt(images, name, s), norm["mean"], norm["std"],
+                                      torch.device("cpu")).argmax(1) != clean).float().mean()) for s in (1, 5)]
+    print({n: [round(v, 3) for v in f] for n, f in flips.items()})
+    worse = {n: f for n, f in flips.items() if f[1] <= f[0]}
     assert set(worse) <= {"elastic_transform"}, worse
