@@ -481,6 +481,87 @@ def _render_eval(result: dict) -> None:
         console.print(f"wrote {path}")
 
 
+@app.command()
+def inspect(
+    model: Path = typer.Argument(..., help="A csc model file (.safetensors)."),
+    out: Path = typer.Option(Path("inspect"), help="Folder for the PNG files."),
+    data: Optional[str] = typer.Option(None, help="Dataset to draw images from (default: the model's)."),
+    data_dir: Optional[str] = typer.Option(None, help="Where the dataset lives."),
+    images: int = typer.Option(64, help="How many test images to code."),
+    image: Optional[List[Path]] = typer.Option(None, "--image", help="Use these image files instead (repeatable)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", help="Only these CSC layers (repeatable)."),
+    lambda_scales: str = typer.Option("0.5,1,2,4", help="Lambda multiples for the sparsity-vs-lambda statistics."),
+    max_steps: int = typer.Option(50, help="Steps K for the convergence curves."),
+    seed: int = typer.Option(0, help="Seed for the image subset."),
+    as_json: bool = typer.Option(False, "--json", help="Print every number as JSON."),
+) -> None:
+    """See what a sparse model learned: model card, dictionary atoms, sparse codes, reconstructions,
+    layer-by-layer push-back (all-CSC no-shortcut models) and convergence of the K steps."""
+    from .jobs.inspect import InspectConfig, run_inspect
+
+    if not model.exists():
+        raise ValueError(f"model file {model} does not exist")
+    if images < 1 or max_steps < 1:
+        raise ValueError("--images and --max-steps must be >= 1")
+    config = InspectConfig(model=str(model), out=str(out), dataset=data, data_dir=data_dir, images=images,
+                           image_files=[str(p) for p in image or []], layers=list(layer or []),
+                           lambda_scales=_floats(lambda_scales), max_steps=max_steps, seed=seed)
+    result = run_inspect(config).to_dict()
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    _render_inspect(result)
+
+
+def _render_inspect(result: dict) -> None:
+    card = result["card"]
+    console.print(f"[bold]{result['model']}[/]: {card['arch']}, {card['parameters']:,} parameters, "
+                  f"{len(card['csc_layers'])} CSC layer(s), {card['convs']} plain conv(s)")
+    if card.get("training"):
+        t = card["training"]
+        console.print(f"training: {json.dumps({k: v for k, v in t.items() if not isinstance(v, (dict, list))})}")
+    if card["csc_layers"]:
+        table = Table(title="CSC layers")
+        for col in ("layer", "in->out", "kernel/stride", "lambda", "K", "step t", "L", "atoms", "coherence", "unit norm"):
+            table.add_column(col, justify="right")
+        for c in card["csc_layers"]:
+            table.add_row(c["name"], f"{c['in_channels']}->{c['out_channels']}",
+                          f"{'x'.join(map(str, c['kernel_size']))}/{'x'.join(map(str, c['stride']))}",
+                          f"{c['lam']:g}", str(c["steps"]),
+                          f"{c['step_size']:.4g}" if c["step_size"] else "-", f"{c['lipschitz']:.4g}" if c["lipschitz"] else "-",
+                          f"{c['dictionary_size']:,}",
+                          f"{c['coherence']:.3f}" + (f" ({c['shift_coherence']:.3f} shifted)" if "shift_coherence" in c else ""),
+                          "yes" if c["atoms_unit_norm"] else "NO")
+        console.print(table)
+    codes = result.get("codes")
+    if codes:
+        t = Table(title=f"Sparse codes on {codes['images']}")
+        for col in ("layer", "non-zeros", "dead atoms", "relative recon. error", "gap at model K"):
+            t.add_column(col, justify="right")
+        for name, c in codes["layers"].items():
+            rec = result["reconstruction"]["layers"][name]["relative_error"]
+            gap = result["convergence"]["layers"][name]["gap_at_model_steps"]
+            t.add_row(name, f"{100 * c['nonzero']:.1f}%", str(len(c["dead_atoms"])), f"{rec:.3f}", f"{gap:.2e}")
+        console.print(t)
+        sweep = result["sparsity_vs_lambda"]
+        s = Table(title="Non-zero codes as lambda varies (x trained lambda)")
+        s.add_column("layer")
+        for scale in sweep["scales"]:
+            s.add_column(f"x{scale:g}", justify="right")
+        for name, values in sweep["layers"].items():
+            s.add_row(name, *[f"{100 * v:.1f}%" for v in values])
+        console.print(s)
+    if result.get("pushback"):
+        pb = result["pushback"]
+        console.print("push-back to image space, relative error per depth: "
+                      + ", ".join(f"{n} {e:.3f}" for n, e in list(pb["relative_error"].items())[:6])
+                      + (" ..." if len(pb["relative_error"]) > 6 else ""))
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
+    for path in result.get("images", []):
+        console.print(f"wrote {path}")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True)
