@@ -126,6 +126,9 @@ class _CSCConvNd(nn.Module):
         self.power_restart = float(power_restart)
         self.cg_iters = int(cg_iters)
         self.cg_tol = float(cg_tol)
+        # attack-time only (csc attack's gradient modes): softplus temperature of the threshold's
+        # backward; 0 = the exact gradient. Not a model option, never saved.
+        self.surrogate = 0.0
         # nn.Conv-compatible attributes, for code that inspects convs
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = geometry.kernel_size, geometry.stride, geometry.dilation
@@ -358,6 +361,7 @@ class _CSCConvNd(nn.Module):
             trace=trace,
             cg_iters=self.cg_iters,
             cg_tol=self.cg_tol,
+            surrogate=self.surrogate,
         )
         return (z.squeeze(0) if unbatched else z), diag
 

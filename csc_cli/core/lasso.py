@@ -131,9 +131,13 @@ def _iterate(
     method: str,
     z0: Optional[Tensor],
     trace: Optional[list],
+    surrogate: float = 0.0,
 ) -> Tensor:
     """The solver loop. Works with or without autograd; appends per-step diagnostics to ``trace``
-    only when one is given (so diagnostics cost nothing when off)."""
+    only when one is given (so diagnostics cost nothing when off). ``surrogate > 0`` (non-negative
+    codes only) keeps the forward values but back-propagates through a softplus of temperature
+    ``surrogate * lam * t`` instead of the threshold's step function: an attacker's tool against
+    gradient masking by dead codes, never used in training or evaluation."""
     size = x.shape[2:]
     step = step.to(weight.dtype)
     thresh = _lam_view(lam.to(weight.dtype), x.dim()) * step
@@ -145,6 +149,12 @@ def _iterate(
     bias = (-thresh).expand(geometry.out_channels) if fold else None
 
     def prox(v: Tensor) -> Tensor:
+        if surrogate and nonneg:
+            u = v if fold else v - thresh
+            scale = (surrogate * thresh).clamp_min(1e-12) if isinstance(thresh, Tensor) else max(surrogate * thresh, 1e-12)
+            soft = scale * F.softplus(u / scale)
+            out = F.relu(u).detach() + (soft - soft.detach())  # exactly relu(u) in value
+            return out if _is_zero(mu_step) else out / (1.0 + mu_step)
         if fold:
             # in place: v is a fresh conv output that autograd does not keep (saves a pass and an
             # allocation per step; relu keeps its output, which is what its backward needs)
@@ -276,6 +286,7 @@ def solve_lasso(
     trace: bool = False,
     cg_iters: int = 100,
     cg_tol: float = 1e-6,
+    surrogate: float = 0.0,
 ) -> Tuple[Tensor, Optional[SolverTrace]]:
     """Run ``steps`` proximal-gradient steps on the convolutional Lasso from ``z0`` (zeros if None).
 
@@ -288,6 +299,7 @@ def solve_lasso(
         method: ``'fista'`` (textbook), ``'ista'``, or ``'heavy_ball'`` (the SDNet authors' K >= 3).
         backward: ``'unrolled'`` or ``'implicit'`` (see module docstring).
         trace: also return per-step diagnostics (no extra work when False).
+        surrogate: back-propagate through a smoothed threshold (attacks only; see ``_iterate``).
 
     Returns ``(z, trace)``: the code ``(N, C_out, *out_size)`` and a :class:`SolverTrace` or None.
     """
@@ -322,13 +334,13 @@ def solve_lasso(
         from torch.utils.checkpoint import checkpoint
 
         def run(x_, w_, lam_):
-            return _iterate(x_, w_, geometry, lam_, step_t, steps, nonneg, mu, method, z0, None)
+            return _iterate(x_, w_, geometry, lam_, step_t, steps, nonneg, mu, method, z0, None, surrogate)
 
         z = checkpoint(run, x, weight, lam_t, use_reentrant=False, preserve_rng_state=False)
         if records is not None:
             _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0)
     else:
-        z = _iterate(x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0, records)
+        z = _iterate(x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0, records, surrogate)
     return z, (_stack(records) if records is not None else None)
 
 
