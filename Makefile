@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	# torchattacks pins requests~=2.25 (idna<3), which clashes with huggingface_hub; it never
+	# imports requests, so its own dependencies (torch, torchvision, numpy, scipy, tqdm) suffice
+	$(PY) -m pip install --quiet --no-deps 'torchattacks==3.5.1'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -562,6 +562,102 @@ def _render_inspect(result: dict) -> None:
         console.print(f"wrote {path}")
 
 
+@app.command()
+def attack(
+    model: Path = typer.Argument(..., help="A csc model file (.safetensors)."),
+    dataset: Optional[str] = typer.Argument(None, help="Default: the dataset the model was trained on."),
+    data_dir: Optional[str] = typer.Option(None, help="Where the dataset lives."),
+    eps: str = typer.Option("8/255", help="Perturbation budget in pixel units of [0, 1] images, e.g. 8/255 or 0.5."),
+    norm: str = typer.Option("Linf", help="Threat model: Linf or L2."),
+    n: int = typer.Option(100, "--n", help="Number of test examples (a fixed, seeded subset)."),
+    batch_size: int = typer.Option(100, help="Attack batch size."),
+    attacks: str = typer.Option("fgsm,pgd,apgd-ce,apgd-dlr,square", help="Comma-separated: fgsm, pgd, apgd-ce, apgd-dlr, square, autoattack."),
+    steps: int = typer.Option(20, help="PGD steps."),
+    alpha: Optional[float] = typer.Option(None, help="PGD step size (default 2.5 * eps / steps)."),
+    restarts: int = typer.Option(1, help="PGD random restarts."),
+    modes: Optional[str] = typer.Option(None, help="Gradient modes (default: all that apply): unrolled, implicit, smooth, more-steps, bpda, through-rule."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="Test-time lambda of the defence: auto or a number (first CSC layer)."),
+    lambda_scale: Optional[float] = typer.Option(None, help="Multiply the first CSC layer's trained lambda."),
+    lambda_sweep: Optional[str] = typer.Option(None, help="Robust accuracy vs lambda, e.g. 0.1:0.7:0.2."),
+    square_queries: int = typer.Option(5000, help="Square attack queries (AutoAttack's standard: 5000)."),
+    sanity: bool = typer.Option(True, "--sanity/--no-sanity", help="Run the sanity checks."),
+    baseline: Optional[str] = typer.Option(None, help="An undefended model for the 'base model falls to 0' check."),
+    save_examples: Optional[Path] = typer.Option(None, help="PNG grid of clean / adversarial / perturbation."),
+    seed: int = typer.Option(0, help="Seed for the subset and the random starts."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (every hyperparameter, seed and version) as JSON."),
+) -> None:
+    """Adversarial robustness a reviewer would accept: FGSM, PGD, APGD, Square, AutoAttack, through
+    every gradient mode that defeats masking in a CSC model, with sanity checks and intervals."""
+    from .jobs.attack import AttackConfig, run_attack
+    from .robust.attacks import parse_eps
+
+    if not model.exists():
+        raise ValueError(f"model file {model} does not exist")
+    config = AttackConfig(model=str(model), dataset=dataset, data_dir=data_dir, eps=parse_eps(eps), norm=norm, n=n,
+                          batch_size=batch_size, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
+                          steps=steps, alpha=alpha, restarts=restarts,
+                          modes=[m.strip() for m in modes.split(",")] if modes else None, lam=lam,
+                          lambda_scale=lambda_scale, lambda_sweep=_grid(lambda_sweep) if lambda_sweep else None,
+                          square_queries=square_queries, sanity=sanity, baseline=baseline,
+                          save_examples=str(save_examples) if save_examples else None, seed=seed, device=device)
+    if as_json:
+        console.print_json(json.dumps(run_attack(config).to_dict()))
+        return
+    with _progress() as bar:
+        task = bar.add_task("attacking", total=None)
+
+        def progress(kind: str, info: dict) -> None:
+            if "total" in info:
+                bar.update(task, description=f"{kind} {info.get('attack', '')} {info.get('mode', '')}",
+                           completed=info["done"], total=info["total"])
+
+        result = run_attack(config, progress).to_dict()
+    _render_attack(result)
+
+
+def _render_attack(result: dict) -> None:
+    t = result["threat"]
+    if result["banner"]:
+        console.print(f"[bold yellow]{result['banner']}[/]")
+    console.print(f"[bold]{result['model']}[/] on {result['dataset']}, {result['n']} examples, {t['norm']} eps "
+                  f"{t['eps']:.5g} ({t['eps'] * 255:.2f}/255), lambda {t['lambda']['mode']}")
+    table = Table(title="Robust accuracy (95% Wilson interval)")
+    for col in ("attack", "gradient mode", "accuracy", "95% CI"):
+        table.add_column(col, justify="right")
+    c = result["clean"]
+    table.add_row("none (clean)", "-", f"{100 * c['accuracy']:.1f}%", f"{100 * c['ci95'][0]:.1f}-{100 * c['ci95'][1]:.1f}")
+    for r in result["results"]:
+        table.add_row(r["attack"], r["mode"], f"{100 * r['accuracy']:.1f}%", f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}")
+    rb = result["robust"]
+    table.add_row("[bold]worst case[/]", "all", f"[bold]{100 * rb['accuracy']:.1f}%[/]",
+                  f"{100 * rb['ci95'][0]:.1f}-{100 * rb['ci95'][1]:.1f}")
+    console.print(table)
+    warn = False
+    if result["sanity"]:
+        st = Table(title="Sanity checks")
+        for col in ("check", "verdict", "detail"):
+            st.add_column(col)
+        for chk in result["sanity"]:
+            colour = {"PASS": "green", "WARN": "red", "N/A": "dim"}[chk["verdict"]]
+            warn |= chk["verdict"] == "WARN"
+            st.add_row(chk["check"], f"[{colour}]{chk['verdict']}[/]", chk["detail"])
+        console.print(st)
+    headline = f"robust accuracy {100 * rb['accuracy']:.1f}% ({100 * rb['ci95'][0]:.1f}-{100 * rb['ci95'][1]:.1f})"
+    if warn:
+        headline += " -- [red]possibly overestimated: a sanity check warned[/]"
+    console.print(headline)
+    if result.get("sweep"):
+        sw = Table(title="Robust accuracy vs test-time lambda (PGD, worst case over gradient modes)")
+        for col in ("lambda", "clean", "robust"):
+            sw.add_column(col, justify="right")
+        for row in result["sweep"]:
+            sw.add_row(f"{row['lambda']:g}", f"{100 * row['clean']['accuracy']:.1f}%", f"{100 * row['robust']['accuracy']:.1f}%")
+        console.print(sw)
+    if result.get("examples"):
+        console.print(f"wrote {result['examples']}")
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True)

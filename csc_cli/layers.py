@@ -129,6 +129,7 @@ class _CSCConvNd(nn.Module):
         # attack-time only (csc attack's gradient modes): softplus temperature of the threshold's
         # backward; 0 = the exact gradient. Not a model option, never saved.
         self.surrogate = 0.0
+        self.implicit_damping = 0.0
         # nn.Conv-compatible attributes, for code that inspects convs
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = geometry.kernel_size, geometry.stride, geometry.dilation
@@ -362,6 +363,7 @@ class _CSCConvNd(nn.Module):
             cg_iters=self.cg_iters,
             cg_tol=self.cg_tol,
             surrogate=self.surrogate,
+            damping=self.implicit_damping,
         )
         return (z.squeeze(0) if unbatched else z), diag
 

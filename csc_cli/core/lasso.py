@@ -232,26 +232,26 @@ class _ImplicitLasso(torch.autograd.Function):
     Only ``x``, ``D`` and ``z`` are kept for backward, whatever K is."""
 
     @staticmethod
-    def forward(ctx, x, weight, lam, step, geometry, steps, nonneg, mu, method, z0, cg_iters, cg_tol):
+    def forward(ctx, x, weight, lam, step, geometry, steps, nonneg, mu, method, z0, cg_iters, cg_tol, damping):
         with torch.no_grad():
             z = _iterate(x, weight, geometry, lam, step, steps, nonneg, mu, method, z0, None)
         ctx.save_for_backward(x, weight, z, lam)
-        ctx.settings = (geometry, nonneg, float(mu), cg_iters, cg_tol)
+        ctx.settings = (geometry, nonneg, float(mu), cg_iters, cg_tol, float(damping))
         return z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z):
         x, weight, z, lam = ctx.saved_tensors
-        geometry, nonneg, mu, cg_iters, cg_tol = ctx.settings
+        geometry, nonneg, mu, cg_iters, cg_tol, damping = ctx.settings
         size = x.shape[2:]
         support = (z > 0) if nonneg else (z != 0)
         mask = support.to(grad_z.dtype)
 
         def hessian(u: Tensor) -> Tensor:
             out = geometry.analysis(geometry.synthesis(u, weight, size), weight)
-            if mu:
-                out = out + mu * u
+            if mu or damping:
+                out = out + (mu + damping) * u
             return out * mask
 
         v = conjugate_gradient(hessian, grad_z * mask, iters=cg_iters, tol=cg_tol)
@@ -266,7 +266,7 @@ class _ImplicitLasso(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             per_sample = -_batched_dot(v, torch.sign(z)).reshape(-1)
             grad_lam = per_sample.sum() if lam.dim() == 0 else per_sample
-        return grad_x, grad_w, grad_lam, None, None, None, None, None, None, None, None, None
+        return grad_x, grad_w, grad_lam, None, None, None, None, None, None, None, None, None, None
 
 
 # ------------------------------------------------------------------ entry point
@@ -287,6 +287,7 @@ def solve_lasso(
     cg_iters: int = 100,
     cg_tol: float = 1e-6,
     surrogate: float = 0.0,
+    damping: float = 0.0,
 ) -> Tuple[Tensor, Optional[SolverTrace]]:
     """Run ``steps`` proximal-gradient steps on the convolutional Lasso from ``z0`` (zeros if None).
 
@@ -300,6 +301,8 @@ def solve_lasso(
         backward: ``'unrolled'`` or ``'implicit'`` (see module docstring).
         trace: also return per-step diagnostics (no extra work when False).
         surrogate: back-propagate through a smoothed threshold (attacks only; see ``_iterate``).
+        damping: Tikhonov term added to the implicit backward's system ``(A_S^T A_S + mu I)``: keeps
+            it well posed when the code is far from converged and its support too large (attacks).
 
     Returns ``(z, trace)``: the code ``(N, C_out, *out_size)`` and a :class:`SolverTrace` or None.
     """
@@ -326,7 +329,7 @@ def solve_lasso(
         x.requires_grad or weight.requires_grad or lam_t.requires_grad
     ):
         z = _ImplicitLasso.apply(
-            x, weight, lam_t, step_t, geometry, steps, nonneg, mu, method, z0, cg_iters, cg_tol
+            x, weight, lam_t, step_t, geometry, steps, nonneg, mu, method, z0, cg_iters, cg_tol, damping
         )
         if records is not None:
             _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0)

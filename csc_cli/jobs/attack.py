@@ -1,0 +1,360 @@
+"""The attack job: adversarial robust accuracy that survives scrutiny.
+
+Every attack runs under every gradient mode that could unmask a CSC model (the unrolled steps, the
+implicit gradient of the converged code, a smoothed threshold, more solver steps in the attacker's
+copy, and BPDA / through-rule for a per-input lambda rule); adversarial examples are always judged on
+the defended model as it runs. The headline is the per-example worst case over all of them, with a
+95% Wilson interval, and sanity checks (PASS / WARN) say how far to trust it.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..checkpoint import load
+from ..data import load_dataset
+from ..layers import _CSCConvNd
+from ..robust.attacks import (
+    ATTACKS, AUTOATTACK_PARAMETERS, NORMS, DefendedModel, attacker_copy, fgsm, library_attack, pgd,
+    torchattacks_version, wilson_interval, zero_gradient_fraction,
+)
+from ..robust.lam import LambdaRule, first_csc_layer
+
+ProgressFn = Callable[[str, Dict[str, Any]], None]
+WHITE_BOX = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "autoattack")
+
+
+@dataclass
+class AttackConfig:
+    model: str
+    dataset: Optional[str] = None
+    data_dir: Optional[str] = None
+    eps: float = 8 / 255
+    norm: str = "Linf"
+    n: int = 100
+    batch_size: int = 100
+    attacks: List[str] = field(default_factory=lambda: ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "square"])
+    steps: int = 20
+    alpha: Optional[float] = None
+    restarts: int = 1
+    modes: Optional[List[str]] = None  # default: every mode that applies
+    lam: Optional[str] = None  # None (as trained), "auto", a number (first CSC layer)
+    lambda_scale: Optional[float] = None
+    lambda_sweep: Optional[List[float]] = None
+    square_queries: int = 5000
+    sanity: bool = True
+    baseline: Optional[str] = None
+    save_examples: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"--norm must be Linf or L2, got {self.norm!r}")
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack {unknown[0]!r}; valid: {', '.join(ATTACKS)}")
+        if not 0 <= self.eps <= (1 if self.norm == "Linf" else 1e3):
+            raise ValueError(f"--eps must be in [0, 1], got {self.eps}")
+        if self.steps < 1 or self.restarts < 1:
+            raise ValueError(f"--steps and --restarts must be >= 1, got {self.steps} and {self.restarts}")
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError("--n and --batch-size must be >= 1")
+
+
+@dataclass
+class AttackResult:
+    model: str
+    dataset: str
+    n: int
+    threat: Dict[str, Any]
+    clean: Dict[str, Any]
+    results: List[Dict[str, Any]]
+    robust: Dict[str, Any]
+    sanity: List[Dict[str, str]]
+    banner: Optional[str]
+    sweep: Optional[List[Dict[str, Any]]]
+    examples: Optional[str]
+    versions: Dict[str, str]
+    config: Dict[str, Any]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _summary(correct: torch.Tensor) -> Dict[str, Any]:
+    k, n = int(correct.sum()), int(correct.numel())
+    lo, hi = wilson_interval(k, n)
+    return {"accuracy": k / max(n, 1), "correct": k, "n": n, "ci95": [lo, hi]}
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+
+
+class _Runner:
+    """Runs attacks batch by batch and judges them on the defended model."""
+
+    def __init__(self, config: AttackConfig, defended: DefendedModel, x, y, n_classes: int):
+        self.config, self.defended, self.x, self.y, self.n_classes = config, defended, x, y, n_classes
+        self.alpha = config.alpha if config.alpha is not None else 2.5 * config.eps / config.steps
+        self.bound_violations = 0
+        self.range_violations = 0
+
+    def run(self, attack: str, attacker: nn.Module, eps: Optional[float] = None, steps: Optional[int] = None,
+            restarts: Optional[int] = None, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        cfg = self.config
+        eps = cfg.eps if eps is None else eps
+        steps = steps or cfg.steps
+        restarts = restarts or cfg.restarts
+        x = self.x if x is None else x
+        y = self.y[: x.shape[0]]
+        outs = []
+        gen = torch.Generator().manual_seed(cfg.seed + 11)
+        for i in range(0, x.shape[0], cfg.batch_size):
+            xb, yb = x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]
+            if attack == "fgsm":
+                adv = fgsm(attacker, xb, yb, eps, cfg.norm)
+            elif attack == "pgd":
+                alpha = self.alpha * eps / cfg.eps if cfg.eps > 0 else 0.0
+                adv = pgd(attacker, xb, yb, eps, alpha=alpha, steps=steps, norm=cfg.norm, restarts=restarts,
+                          generator=gen, judge=self.defended)
+            elif eps == 0:
+                adv = xb.clone()
+            else:
+                adv = library_attack(attack, attacker, eps, cfg.norm, self.n_classes, cfg.seed, cfg.square_queries)(xb, yb)
+            outs.append(adv.detach())
+        adv = torch.cat(outs)
+        delta = (adv - x).flatten(1)
+        size = delta.abs().amax(1) if cfg.norm == "Linf" else delta.norm(dim=1)
+        self.bound_violations += int((size > eps + 1e-5).sum())
+        self.range_violations += int(((adv < 0) | (adv > 1)).flatten(1).any(1).sum())
+        return adv
+
+    def robust(self, adv: torch.Tensor) -> torch.Tensor:
+        return _predict(self.defended, adv, self.config.batch_size) == self.y[: adv.shape[0]]
+
+
+def _modes_for(config: AttackConfig, has_csc: bool, has_rule: bool) -> List[str]:
+    if config.modes:
+        return list(config.modes)
+    if not has_csc:
+        return ["unrolled"]
+    modes = ["unrolled", "implicit", "smooth", "more-steps"]
+    if has_rule:
+        modes = ["bpda", "through-rule"] + modes[1:]
+    return modes
+
+
+def _banner(model: nn.Module, modes: List[str], has_rule: bool) -> Optional[str]:
+    layers = [m for m in model.modules() if isinstance(m, _CSCConvNd)]
+    if not layers:
+        return None
+    steps = sorted({m.steps for m in layers})
+    text = (f"This model runs an optimisation loop at inference: {len(layers)} CSC layer(s) with K = "
+            f"{'/'.join(map(str, steps))} FISTA steps{' and a per-input lambda rule' if has_rule else ''}. "
+            f"Gradient masking is countered by attacking through: {', '.join(modes)}; "
+            "adversarial examples are always judged on the defended model, and the robust accuracy reported "
+            "is the per-example worst case over every attack and mode.")
+    return text
+
+
+def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> AttackResult:
+    emit = progress or (lambda kind, info: None)
+    config.validate()
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    model = load(config.model, map_location=device).to(device).eval()
+    info = getattr(model, "csc_info", {})
+    norm = info.get("normalization")
+    if not norm or "mean" not in norm or "std" not in norm:
+        raise ValueError(f"{config.model} has no normalisation metadata: attacks need raw [0, 1] images and the "
+                         "model's own mean/std (save it with csc train, or csc_cli.save(..., normalization=...))")
+    dataset = config.dataset or info.get("dataset")
+    if not dataset:
+        raise ValueError("the model file does not say which dataset it was trained on: give DATASET")
+    test = load_dataset(dataset, "test", Path(config.data_dir) if config.data_dir else None)
+    idx = torch.randperm(test.images.shape[0], generator=torch.Generator().manual_seed(config.seed))[: config.n]
+    idx = idx.sort().values
+    x, y = test.images[idx].to(device), test.labels[idx].to(device)
+    has_csc = any(isinstance(m, _CSCConvNd) for m in model.modules())
+    lam_values: Dict[str, float] = {}
+    rule = None
+    if config.lam == "auto":
+        data = info.get("lambda_rule")
+        if data is None:
+            raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` first")
+        rule = LambdaRule.from_dict(data)
+    elif config.lam is not None or config.lambda_scale is not None:
+        if not has_csc:
+            raise ValueError("this model has no CSC layer: --lambda and --lambda-scale do not apply")
+        first = first_csc_layer(model)
+        trained = float(dict(model.named_modules())[first].lam)
+        lam_values[first] = float(config.lam) if config.lam is not None else trained * config.lambda_scale
+    defended = DefendedModel(model, norm["mean"], norm["std"], lam_values, rule)
+    modes = _modes_for(config, has_csc, rule is not None)
+    runner = _Runner(config, defended, x, y, test.num_classes)
+
+    clean_correct = runner.robust(x)
+    clean = _summary(clean_correct)
+    emit("clean", clean)
+    worst = clean_correct.clone()
+    results: List[Dict[str, Any]] = []
+    adversarial: Dict[str, torch.Tensor] = {}
+    attackers = {mode: attacker_copy(defended, mode) for mode in modes}
+    jobs = [(a, m) for a in config.attacks for m in (modes if a in WHITE_BOX else ["black-box"])]
+    for i, (attack, mode) in enumerate(jobs):
+        attacker = attackers.get(mode, defended)
+        adv = runner.run(attack, attacker)
+        robust = runner.robust(adv) & clean_correct
+        worst &= robust
+        adversarial[f"{attack}/{mode}"] = adv
+        results.append({"attack": attack, "mode": mode, **_summary(robust)})
+        emit("attack", {"done": i + 1, "total": len(jobs), "attack": attack, "mode": mode})
+    robust_summary = _summary(worst)
+    robust_summary["label"] = "per-example worst case over every attack and gradient mode"
+
+    sanity = _sanity_checks(config, runner, defended, attackers, results, clean, x, y, model, norm, emit) \
+        if config.sanity else []
+    sweep = _lambda_sweep(config, model, norm, x, y, test.num_classes, modes, emit) if config.lambda_sweep else None
+    examples = _save_examples(config, x, adversarial, worst) if config.save_examples else None
+    threat = {"norm": config.norm, "eps": config.eps, "eps_in_pixels": "raw [0, 1] images; the model normalises",
+              "steps": config.steps, "alpha": runner.alpha, "restarts": config.restarts,
+              "autoattack_parameters": AUTOATTACK_PARAMETERS, "square_queries": config.square_queries,
+              "lambda": {"mode": "auto" if rule else ("fixed" if lam_values else "as trained"),
+                         "values": lam_values, "rule": rule.to_dict() if rule else None}}
+    versions = {"csc": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        versions["torchattacks"] = torchattacks_version()
+    except ImportError:
+        versions["torchattacks"] = "not installed"
+    return AttackResult(model=config.model, dataset=dataset, n=int(x.shape[0]), threat=threat, clean=clean,
+                        results=results, robust=robust_summary, sanity=sanity,
+                        banner=_banner(model, modes, rule is not None), sweep=sweep, examples=examples,
+                        versions=versions, config=asdict(config))
+
+
+# ----------------------------------------------------------------------------- sanity checks
+def _check(name: str, ok: Optional[bool], detail: str) -> Dict[str, str]:
+    return {"check": name, "verdict": "N/A" if ok is None else ("PASS" if ok else "WARN"), "detail": detail}
+
+
+def _sanity_checks(config, runner, defended, attackers, results, clean, x, y, model, norm, emit) -> List[Dict[str, str]]:
+    checks = []
+    sub = x[: min(32, x.shape[0])]
+    with torch.no_grad():
+        a, b = defended(sub), defended(sub)
+        alone = torch.cat([defended(sub[i : i + 1]) for i in range(min(4, sub.shape[0]))])
+    same = torch.equal(a, b)
+    batch_ok = torch.allclose(alone, a[: alone.shape[0]], rtol=1e-4, atol=1e-5)
+    checks.append(_check("deterministic, batch-independent logits", same and batch_ok,
+                         f"repeat identical: {same}; alone vs in batch max diff "
+                         f"{float((alone - a[: alone.shape[0]]).abs().max()):.2e}"))
+    by = {(r["attack"], r["mode"]): r["accuracy"] for r in results}
+    fg = [v for (atk, _), v in by.items() if atk == "fgsm"]
+    it = [v for (atk, _), v in by.items() if atk in ("pgd", "apgd-ce", "apgd-dlr", "autoattack")]
+    checks.append(_check("iterative beats single-step", (min(it) <= min(fg)) if fg and it else None,
+                         f"best iterative {min(it):.3f} vs FGSM {min(fg):.3f}" if fg and it else "needs fgsm and an iterative attack"))
+    unrolled = attackers.get("unrolled") or attackers.get("bpda") or defended
+    n_sub = min(64, x.shape[0])
+    large = 0.5 if config.norm == "Linf" else 50 * max(config.eps, 0.1)
+    eps_grid = [config.eps * f for f in (0.25, 0.5, 1.0, 2.0)] + [large]
+    accs = []
+    for eps in eps_grid:
+        adv = runner.run("pgd", unrolled, eps=eps, x=x[:n_sub])
+        accs.append(float(runner.robust(adv).float().mean()))
+    monotone = all(b2 <= a2 + 1.0 / n_sub for a2, b2 in zip(accs, accs[1:]))
+    checks.append(_check("accuracy falls with eps and reaches ~0", monotone and accs[-1] <= 0.02,
+                         "PGD accuracy at eps " + ", ".join(f"{e:.4g}: {a2:.3f}" for e, a2 in zip(eps_grid, accs))))
+    emit("sanity", {"done": 3, "total": 8})
+    base = runner.robust(runner.run("pgd", unrolled, x=x[:n_sub]))
+    doubled = runner.robust(runner.run("pgd", unrolled, steps=2 * config.steps, restarts=2 * config.restarts, x=x[:n_sub]))
+    diff = abs(float(base.float().mean()) - float(doubled.float().mean()))
+    checks.append(_check("doubling steps and restarts changes < 0.5 point", diff < 0.005,
+                         f"PGD {config.steps} steps x {config.restarts}: {float(base.float().mean()):.3f}; "
+                         f"{2 * config.steps} x {2 * config.restarts}: {float(doubled.float().mean()):.3f}"))
+    bb = [v for (atk, _), v in by.items() if atk == "square"]
+    wb = [v for (atk, _), v in by.items() if atk in WHITE_BOX]
+    checks.append(_check("black-box does not beat white-box", (min(bb) >= min(wb) - 1e-9) if bb and wb else None,
+                         f"Square {min(bb):.3f} vs best white-box {min(wb):.3f}" if bb and wb else "needs square"))
+    checks.append(_check("perturbations within eps, inputs in [0, 1]",
+                         runner.bound_violations == 0 and runner.range_violations == 0,
+                         f"{runner.bound_violations} over eps, {runner.range_violations} outside [0, 1]"))
+    checks.append(_base_check(config, model, norm, defended, runner, x[:n_sub], y[:n_sub]))
+    frac = zero_gradient_fraction(unrolled, x[:n_sub], y[:n_sub])
+    checks.append(_check("gradients are not zero", frac <= 0.01, f"{100 * frac:.1f}% of examples have an exactly zero "
+                                                                   "input gradient"))
+    emit("sanity", {"done": 8, "total": 8})
+    return checks
+
+
+def _base_check(config, model, norm, defended, runner, x, y) -> Dict[str, str]:
+    """The undefended base model should fall to near 0 at this eps, or the attack is too weak."""
+    if config.baseline:
+        base_model = load(config.baseline, map_location=x.device).eval()
+        b_norm = getattr(base_model, "csc_info", {}).get("normalization") or norm
+        base = DefendedModel(base_model, b_norm["mean"], b_norm["std"])
+        label = f"baseline {config.baseline}"
+    elif defended.lam_values or defended.rule is not None:
+        base = DefendedModel(model, norm["mean"], norm["std"])
+        label = "the same model at its trained lambda"
+    else:
+        return _check("undefended base model falls to near 0", None, "give --baseline (or a test-time lambda defence)")
+    sub = _Runner(config, base, x, y, runner.n_classes)
+    acc = float(sub.robust(sub.run("pgd", base)).float().mean())
+    return _check("undefended base model falls to near 0", acc <= 0.05, f"PGD accuracy of {label}: {acc:.3f}")
+
+
+# ----------------------------------------------------------------------------- sweep and pictures
+def _lambda_sweep(config, model, norm, x, y, n_classes, modes, emit) -> List[Dict[str, Any]]:
+    """Robust accuracy (PGD, worst case over the gradient modes) vs the first layer's lambda."""
+    if not any(isinstance(m, _CSCConvNd) for m in model.modules()):
+        raise ValueError("this model has no CSC layer: --lambda-sweep does not apply")
+    first = first_csc_layer(model)
+    rows = []
+    for i, lam in enumerate(config.lambda_sweep):
+        defended = DefendedModel(model, norm["mean"], norm["std"], {first: lam})
+        runner = _Runner(config, defended, x, y, n_classes)
+        clean = runner.robust(x)
+        worst = clean.clone()
+        for mode in [m for m in modes if m not in ("bpda", "through-rule")] or ["unrolled"]:
+            worst &= runner.robust(runner.run("pgd", attacker_copy(defended, mode)))
+        rows.append({"lambda": lam, "clean": _summary(clean), "robust": _summary(worst)})
+        emit("sweep", {"done": i + 1, "total": len(config.lambda_sweep)})
+    return rows
+
+
+def _save_examples(config, x, adversarial, worst) -> str:
+    from torchvision.utils import save_image
+
+    best_key = max(adversarial, key=lambda k: float((adversarial[k] - x).abs().sum()))
+    for key in adversarial:  # prefer an attack that actually fooled the model on the first images
+        if key.startswith(("pgd", "apgd")):
+            best_key = key
+            break
+    adv = adversarial[best_key][:8]
+    clean = x[:8]
+    delta = adv - clean
+    scale = delta.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    grid = torch.cat([clean, adv, 0.5 + 0.5 * delta / scale]).clamp(0, 1)
+    if grid.shape[1] == 1:
+        grid = grid.expand(-1, 3, -1, -1)
+    grid = torch.nn.functional.interpolate(grid, scale_factor=max(1, 64 // x.shape[-1]), mode="nearest")
+    path = Path(config.save_examples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid.cpu(), path, nrow=clean.shape[0], padding=2, pad_value=1.0)
+    return str(path)
