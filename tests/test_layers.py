@@ -344,3 +344,17 @@ def test_bad_inputs_are_refused_with_a_clear_message():
         layer.lam = -1
     with pytest.raises(ValueError, match="steps"):
         layer.steps = 0
+
+
+@pytest.mark.parametrize("mode", ["unrolled", "implicit", "recompute"])
+def test_changing_lam_between_forward_and_backward_keeps_the_forward_gradient(mode):
+    """A test-time lambda set for one forward and restored before backward (as attacks do) must
+    give the gradient of that forward, in every backward mode."""
+    layer = _layer(3, 4, 3, padding=1, steps=3, backward=mode, cg_tol=1e-10, cg_iters=500).eval()
+    x = _x(2, 3, 6, 6).requires_grad_(True)
+    layer.lam = 0.3
+    expected = torch.autograd.grad(layer(x).sum(), x)[0]
+    out = layer(x)
+    layer.lam = 0.1  # restored in place before backward
+    got = torch.autograd.grad(out.sum(), x)[0]
+    torch.testing.assert_close(got, expected)

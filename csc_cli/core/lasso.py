@@ -328,8 +328,10 @@ def solve_lasso(
     if backward == "implicit" and torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or lam_t.requires_grad
     ):
+        # lam may be a module's buffer that is changed in place before backward (a test-time lambda
+        # set and restored around a forward): keep our own copy for the backward pass
         z = _ImplicitLasso.apply(
-            x, weight, lam_t, step_t, geometry, steps, nonneg, mu, method, z0, cg_iters, cg_tol, damping
+            x, weight, lam_t.clone(), step_t, geometry, steps, nonneg, mu, method, z0, cg_iters, cg_tol, damping
         )
         if records is not None:
             _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0)
@@ -339,7 +341,7 @@ def solve_lasso(
         def run(x_, w_, lam_):
             return _iterate(x_, w_, geometry, lam_, step_t, steps, nonneg, mu, method, z0, None, surrogate)
 
-        z = checkpoint(run, x, weight, lam_t, use_reentrant=False, preserve_rng_state=False)
+        z = checkpoint(run, x, weight, lam_t.clone(), use_reentrant=False, preserve_rng_state=False)
         if records is not None:
             _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0)
     else:

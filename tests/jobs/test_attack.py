@@ -1,0 +1,198 @@
+"""csc attack: correct attacks, honest gradient modes, sanity checks that can fail, bad input."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import csc_cli
+from csc_cli.jobs.attack import AttackConfig, run_attack
+from csc_cli.jobs.train import TrainConfig, run_train
+from csc_cli.robust.attacks import (
+    DefendedModel, attacker_copy, fgsm, input_gradient, parse_eps, pgd, wilson_interval, zero_gradient_fraction,
+)
+
+torchattacks = pytest.importorskip("torchattacks")
+
+
+@pytest.fixture(scope="module")
+def sdnet(tmp_path_factory):
+    return run_train(TrainConfig(epochs=3, out=str(tmp_path_factory.mktemp("atk")))).model_path
+
+
+def _quick(model, **kw):
+    base = dict(model=model, n=32, steps=10, square_queries=100, attacks=["fgsm", "pgd"], sanity=False)
+    base.update(kw)
+    return AttackConfig(**base)
+
+
+def test_parse_eps():
+    assert parse_eps("8/255") == pytest.approx(8 / 255) and parse_eps("0.5") == 0.5 and parse_eps("0") == 0
+    for bad, message in (("abc", "fraction"), ("8/0", "division by zero"), ("-0.1", ">= 0"), ("2", "larger")):
+        with pytest.raises(ValueError, match=message):
+            parse_eps(bad)
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+
+
+class _Linear(nn.Module):
+    """Two-class linear model on 1x4x4 images: logits (s, -s), s = w.x + b."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(torch.tensor(b))
+
+    def forward(self, x):
+        s = (x.flatten(1) * self.w).sum(1) + self.b
+        return torch.stack([s, -s], 1)
+
+
+def test_pgd_finds_an_adversarial_example_that_provably_exists():
+    """Every input is classified correctly with margin |s| < eps * ||w||_1, so moving each pixel by
+    eps against sign(w) flips it while staying in [0, 1]: PGD must find it for >= 95%."""
+    torch.manual_seed(0)
+    w = torch.randn(16)
+    model = _Linear(w, float(-0.5 * w.sum())).eval()  # s = w.(x - 0.5)
+    x = 0.5 + 0.2 * (torch.rand(200, 1, 4, 4) - 0.5)  # |s| <= 0.1 ||w||_1, pixels in [0.4, 0.6]
+    s = ((x.flatten(1) - 0.5) * w).sum(1)
+    y = (s < 0).long()  # class 0 when s > 0
+    eps = 0.2
+    assert bool((s.abs() < eps * w.abs().sum()).all())
+    adv = pgd(model, x, y, eps, alpha=eps / 4, steps=20)
+    fooled = (model(adv).argmax(1) != y).float().mean()
+    assert float(fooled) >= 0.95
+    assert float((adv - x).abs().max()) <= eps + 1e-6 and 0 <= float(adv.min()) and float(adv.max()) <= 1
+
+
+def test_our_pgd_agrees_with_torchattacks_pgd(sdnet):
+    """The same PGD (eps, steps, alpha, random start) from an independent implementation."""
+    model = csc_cli.load(sdnet)
+    norm = model.csc_info["normalization"]
+    defended = DefendedModel(model, norm["mean"], norm["std"])
+    from csc_cli.data import load_dataset
+
+    test = load_dataset("digits", "test")
+    x, y = test.images[:200], test.labels[:200]
+    eps, alpha, steps = 0.05, 0.0125, 10
+    ours = (defended(pgd(defended, x, y, eps, alpha=alpha, steps=steps)).argmax(1) == y).float().mean()
+    theirs = torchattacks.PGD(defended, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    ref = (defended(theirs(x, y)).argmax(1) == y).float().mean()
+    print(f"digits SDNet, PGD-10 eps 0.05: ours {float(ours):.3f}, torchattacks {float(ref):.3f}")
+    assert abs(float(ours) - float(ref)) <= 0.02
+
+
+def test_eps_zero_is_clean_accuracy_and_bounds_hold(sdnet):
+    r = run_attack(_quick(sdnet, eps=0.0))
+    assert all(row["accuracy"] == r.clean["accuracy"] for row in r.results)
+    r = run_attack(_quick(sdnet, eps=0.1, attacks=["fgsm", "pgd", "apgd-ce"]))
+    assert r.robust["accuracy"] <= min(row["accuracy"] for row in r.results)
+    assert {row["mode"] for row in r.results} == {"unrolled", "implicit", "smooth", "more-steps"}
+
+
+def test_gradient_modes_differ_only_in_the_backward_where_they_should(sdnet):
+    model = csc_cli.load(sdnet)
+    norm = model.csc_info["normalization"]
+    d = DefendedModel(model, norm["mean"], norm["std"])
+    x = torch.rand(4, 1, 16, 16)
+    y = torch.arange(4)
+    with torch.no_grad():
+        ref = d(x)
+    grads = {}
+    for mode in ("unrolled", "implicit", "smooth"):
+        a = attacker_copy(d, mode)
+        with torch.no_grad():
+            assert torch.allclose(a(x), ref, atol=1e-5)  # the same forward as the defence
+        grads[mode], _ = input_gradient(a, x, y)
+    cos = torch.nn.functional.cosine_similarity
+    assert float(cos(grads["implicit"].flatten(), grads["unrolled"].flatten(), dim=0)) > 0.5
+    assert float(cos(grads["smooth"].flatten(), grads["unrolled"].flatten(), dim=0)) > 0.9
+    assert not torch.equal(grads["smooth"], grads["unrolled"])
+
+
+@pytest.mark.slow
+def test_sanity_checks_on_a_tiny_model(sdnet, tmp_path):
+    r = run_attack(_quick(sdnet, eps=0.1, n=48, attacks=["fgsm", "pgd", "square"], sanity=True, lam="0.3",
+                          save_examples=str(tmp_path / "ex.png"), lambda_sweep=[0.1, 0.3]))
+    verdicts = {c["check"]: c["verdict"] for c in r.sanity}
+    print(verdicts)
+    for check in ("deterministic, batch-independent logits", "iterative beats single-step",
+                  "accuracy falls with eps and reaches ~0", "perturbations within eps, inputs in [0, 1]",
+                  "gradients are not zero", "black-box does not beat white-box",
+                  "undefended base model falls to near 0"):
+        assert verdicts[check] == "PASS", (check, r.sanity)
+    assert verdicts["doubling steps and restarts changes < 0.5 point"] in ("PASS", "WARN")
+    assert r.banner and "optimisation loop" in r.banner
+    assert (tmp_path / "ex.png").read_bytes()[:4] == b"\x89PNG"
+    assert [row["lambda"] for row in r.sweep] == [0.1, 0.3]
+    assert r.versions["torchattacks"] == torchattacks.__version__ and r.threat["lambda"]["values"] == {"conv1": 0.3}
+
+
+def test_masking_is_detected():
+    """A model that rounds its input to 4 grey levels has zero input gradients: the check says so,
+    and a black-box attack beats the gradient-based one."""
+
+    class Rounding(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(torch.round(x * 4) / 4)
+
+    torch.manual_seed(0)
+    w = torch.randn(16)
+    model = Rounding(_Linear(w, 0.0)).eval()
+    x = torch.rand(64, 1, 4, 4)
+    y = model(x).argmax(1)
+    assert zero_gradient_fraction(model, x, y) == 1.0
+    adv = fgsm(model, x, y, 0.3)
+    assert torch.equal(adv, x)  # a zero gradient does not move FGSM at all
+    square = torchattacks.Square(model, eps=0.3, n_queries=200, seed=0)
+    assert float((model(square(x, y)).argmax(1) != y).float().mean()) > 0.2
+
+
+def test_lambda_auto_is_attacked_end_to_end(sdnet, tmp_path):
+    from csc_cli.jobs.evaluate import EvalConfig, run_eval
+
+    calibrated = tmp_path / "cal.safetensors"
+    run_eval(EvalConfig(model=sdnet, calibrate_lambda=True, calibration_images=64, lambda_sweep=[0.1, 0.3],
+                        out=str(calibrated)))
+    r = run_attack(_quick(str(calibrated), lam="auto", eps=0.1, n=16))
+    assert {row["mode"] for row in r.results} >= {"bpda", "through-rule"}
+    assert r.threat["lambda"]["mode"] == "auto"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eps", "abc"], "fraction like 8/255"),
+        (["--eps", "8/0"], "division by zero"),
+        (["--eps", "-1"], ">= 0"),
+        (["--eps", "3"], "larger than the whole"),
+        (["--attacks", "cw"], "unknown attack 'cw'"),
+        (["--steps", "0"], "--steps and --restarts must be >= 1"),
+        (["--norm", "L1"], "Linf or L2"),
+    ],
+)
+def test_bad_input(sdnet, args, message, cli):
+    code, _, err = cli(["attack", sdnet, "--n", "4"] + args)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_model_without_normalisation_metadata(tmp_path, cli):
+    model = csc_cli.models.build_model("resnet20_cifar", 10, csc="stem")
+    path = csc_cli.save(model, tmp_path / "bare.safetensors", dataset="fake")
+    code, _, err = cli(["attack", str(path), "--n", "4"])
+    assert code == 1 and "no normalisation metadata" in err
+
+
+def test_cli_json_records_everything(sdnet, cli):
+    code, out, err = cli(["attack", sdnet, "--n", "8", "--attacks", "fgsm", "--no-sanity", "--json", "--eps", "4/255"])
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["threat"]["eps"] == pytest.approx(4 / 255) and r["config"]["seed"] == 0 and "torch" in r["versions"]
