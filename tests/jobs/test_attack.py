@@ -196,3 +196,20 @@ def test_cli_json_records_everything(sdnet, cli):
     assert code == 0, err
     r = json.loads(out)
     assert r["threat"]["eps"] == pytest.approx(4 / 255) and r["config"]["seed"] == 0 and "torch" in r["versions"]
+
+
+@pytest.mark.slow
+def test_pgd_agrees_with_torchattacks_on_cifar10_mini(cifar_mini_models):
+    from csc_cli.data import load_dataset
+    from tests.conftest import CIFAR_MINI
+
+    model = csc_cli.load(cifar_mini_models["stem"].model_path)
+    norm = model.csc_info["normalization"]
+    defended = DefendedModel(model, norm["mean"], norm["std"])
+    test = load_dataset("cifar10", "test", CIFAR_MINI)
+    x, y = test.images[:200], test.labels[:200]
+    eps, alpha, steps = 2 / 255, 0.5 / 255, 10
+    ours = float((defended(pgd(defended, x, y, eps, alpha=alpha, steps=steps)).argmax(1) == y).float().mean())
+    ref = float((defended(torchattacks.PGD(defended, eps=eps, alpha=alpha, steps=steps)(x, y)).argmax(1) == y).float().mean())
+    print(f"cifar10-mini SDNet, PGD-10 eps 2/255: ours {ours:.3f}, torchattacks {ref:.3f}")
+    assert abs(ours - ref) <= 0.02
