@@ -1,11 +1,14 @@
 """Attack cost: seconds per 100 examples of PGD-10 and of the AutoAttack standard ensemble,
 SDNet-18 vs ResNet-18 (CIFAR layout, 32x32), measured in one run.
 
-The models are randomly initialised unless --weights-dir holds trained ones, so AutoAttack's later
-stages (which only run on still-robust examples) cost little: its number is dominated by APGD-CE's
-100 steps over every example. Each attack runs once on --n examples; the time is scaled to 100.
+AutoAttack's later stages only run on the examples that survive the earlier ones, so its cost
+depends on the model's robustness, not only on its layers: measure trained models (``--models
+RESNET.safetensors SDNET.safetensors``, e.g. from ``csc train``). Randomly initialised ones (the
+default) are misleading here: a random SDNet-18's logits barely depend on its input, nothing flips,
+and the whole ensemble runs on every example. Each attack runs once on --n test examples of the
+models' dataset (random images without --models); the time is scaled to 100.
 
-    python benchmarks/attack_speed.py [--device cuda] [--n 20]
+    python benchmarks/attack_speed.py --models r18.safetensors sdnet18.safetensors --data-dir D --n 20
 """
 
 from __future__ import annotations
@@ -29,18 +32,30 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--models", nargs=2, metavar=("RESNET", "SDNET"), help="trained model files")
+    parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(args.n, 3, 32, 32, generator=gen).to(device)
     rows = []
     models = {}
-    for name, csc in (("ResNet-18", "none"), ("SDNet-18", "stem")):
-        torch.manual_seed(0)
-        model = build_model("resnet18_cifar", 10, csc=csc).to(device).eval()
-        models[name] = DefendedModel(model, MEAN, STD)
+    if args.models:
+        import csc_cli
+        from csc_cli.data import load_dataset
+
+        for name, path in zip(("ResNet-18", "SDNet-18"), args.models):
+            model = csc_cli.load(path).to(device)
+            norm = model.csc_info["normalization"]
+            models[name] = DefendedModel(model, norm["mean"], norm["std"])
+        test = load_dataset(model.csc_info["dataset"], "test", args.data_dir)
+        x = test.images[: args.n].to(device)
+    else:
+        x = torch.rand(args.n, 3, 32, 32, generator=gen).to(device)
+        for name, csc in (("ResNet-18", "none"), ("SDNet-18", "stem")):
+            torch.manual_seed(0)
+            models[name] = DefendedModel(build_model("resnet18_cifar", 10, csc=csc).to(device).eval(), MEAN, STD)
     for name, defended in models.items():
         with torch.no_grad():
             y = defended(x).argmax(1)  # attack the model's own predictions: every example starts correct
