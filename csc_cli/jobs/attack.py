@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from . import resolve_device
 from ..checkpoint import load
 from ..data import load_dataset
 from ..layers import _CSCConvNd
@@ -89,10 +90,6 @@ class AttackResult:
         return asdict(self)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _summary(correct: torch.Tensor) -> Dict[str, Any]:
@@ -176,7 +173,7 @@ def _banner(model: nn.Module, modes: List[str], has_rule: bool) -> Optional[str]
 def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> AttackResult:
     emit = progress or (lambda kind, info: None)
     config.validate()
-    device = _device(config.device)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = load(config.model, map_location=device).to(device).eval()
     info = getattr(model, "csc_info", {})

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import autocast as _amp_autocast, resolve_device
 from ..checkpoint import load, save
 from ..data import load_dataset
 from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
@@ -71,16 +72,8 @@ class EvalResult:
 
 
 # ----------------------------------------------------------------------------- basics
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @torch.no_grad()
@@ -90,7 +83,7 @@ def predict(model: nn.Module, images: torch.Tensor, mean, std, device, batch_siz
     outs = []
     for start in range(0, images.shape[0], batch_size):
         x = normalize(images[start : start + batch_size].to(device), mean, std)
-        with _autocast(device, amp):
+        with _amp_autocast(device, amp):
             outs.append(model(x).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
@@ -265,7 +258,7 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
             [float(p.split("=")[-1]) for p in config.lam.split(",")]
         except ValueError:
             raise ValueError(f"--lambda must be 'auto', a number, or layer=value pairs, got {config.lam!r}") from None
-    device = _device(config.device)
+    device = resolve_device(config.device)
     model = load(config.model, map_location=device).to(device).eval()
     info = getattr(model, "csc_info", {})
     dataset = config.dataset or info.get("dataset")

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import __version__
+from . import autocast as _amp_autocast, resolve_device
 from ..checkpoint import load, load_state, save, save_state
 from ..core import lasso_terms
 from ..data import NORMALIZATION, load_dataset
@@ -127,10 +128,6 @@ ProgressFn = Callable[[str, Dict[str, Any]], None]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -208,7 +205,7 @@ def evaluate(model: nn.Module, batches: Batches, mean, std, device, amp: str = "
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device)
-            with _autocast(device, amp):
+            with _amp_autocast(device, amp):
                 logits = model(x)
             loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
@@ -218,11 +215,6 @@ def evaluate(model: nn.Module, batches: Batches, mean, std, device, amp: str = "
     return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1), "n": total}
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -336,7 +328,7 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     from ..distributed import DistributedContext
 
     dist = DistributedContext.from_env()
-    device = dist.device if dist.active else _device(config.device)
+    device = dist.device if dist.active else resolve_device(config.device)
     if config.amp != "none" and device.type != "cuda" and config.amp == "fp16":
         raise ValueError("--amp fp16 needs a CUDA device (use bf16 on a CPU)")
     torch.manual_seed(config.seed)
@@ -454,7 +446,7 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
             y = y.to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, step, steps_per_epoch)
-            with _autocast(device, config.amp):
+            with _amp_autocast(device, config.amp):
                 logits = train_model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..data.pipeline import normalize
 from ..layers import _CSCConvNd
-from .lam import LambdaRule, lambda_override, reconstruction_error
+from .lam import LambdaRule, lambda_override, reconstruction_error  # noqa: F401 (re-export)
 
 ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "autoattack")
 NORMS = ("Linf", "L2")
@@ -76,29 +76,8 @@ class DefendedModel(nn.Module):
     def _rule(self):
         if self.rule is None:
             return contextlib.nullcontext()
-        if not self.rule_gradient:
-            return self.rule.applied(self.model)  # lambda(x) is a constant for the gradient (BPDA)
-        return _differentiable_rule(self.rule, self.model)
-
-
-@contextlib.contextmanager
-def _differentiable_rule(rule: LambdaRule, model: nn.Module):
-    """The rule with the gradient flowing through lambda(x) = a * r(x) + b as well."""
-    module = dict(model.named_modules())[rule.layer]
-
-    def hook(mod, args, kwargs):
-        x = args[0]
-        z, _ = mod.solve(x, lam=rule.reference_lam)
-        r = (x - mod.decode(z, x.shape[2:])).square().flatten(1).mean(1)
-        kwargs = dict(kwargs)
-        kwargs["lam"] = (rule.a * r + rule.b).clamp(rule.lo, rule.hi)
-        return args, kwargs
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+        # BPDA by default: lambda(x) is a constant for the gradient; through-rule differentiates r(x)
+        return self.rule.applied(self.model, differentiable=self.rule_gradient)
 
 
 GRADIENT_MODES = ("unrolled", "implicit", "smooth", "more-steps")

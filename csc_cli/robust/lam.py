@@ -50,13 +50,18 @@ def lambda_override(model: nn.Module, values: Dict[str, float]) -> Iterator[None
             layers[name].lam.copy_(value)
 
 
-@torch.no_grad()
-def reconstruction_error(layer: _CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
+def residual_energy(layer: _CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
     """``||x - A z||^2 / numel`` per sample, ``z`` the layer's code of ``x`` at ``lam`` (default:
-    its own lambda)."""
+    its own lambda); differentiable in ``x``."""
     z, _ = layer.solve(x, lam=lam)
     residual = x - layer.decode(z, x.shape[2:])
     return residual.square().flatten(1).mean(1)
+
+
+@torch.no_grad()
+def reconstruction_error(layer: _CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
+    """:func:`residual_energy` without a graph."""
+    return residual_energy(layer, x, lam)
 
 
 @dataclass
@@ -101,13 +106,15 @@ class LambdaRule:
         points = [{"r": float(a), "best_lam": float(b)} for a, b in zip(r, best)]
         return cls(layer, float(coef[0]), float(coef[1]), reference_lam, lo, hi, points)
 
-    def lam_for(self, layer_module: _CSCConvNd, x: Tensor) -> Tensor:
-        r = reconstruction_error(layer_module, x, self.reference_lam)
+    def lam_for(self, layer_module: _CSCConvNd, x: Tensor, differentiable: bool = False) -> Tensor:
+        measure = residual_energy if differentiable else reconstruction_error
+        r = measure(layer_module, x, self.reference_lam)
         return (self.a * r + self.b).clamp(self.lo, self.hi)
 
     @contextlib.contextmanager
-    def applied(self, model: nn.Module) -> Iterator[None]:
-        """Inside the block, ``model``'s layer ``self.layer`` picks its lambda per input."""
+    def applied(self, model: nn.Module, differentiable: bool = False) -> Iterator[None]:
+        """Inside the block, ``model``'s layer ``self.layer`` picks its lambda per input. By default
+        lambda(x) is a constant for autograd; ``differentiable`` lets gradients flow through r(x)."""
         module = dict(model.named_modules()).get(self.layer)
         if not isinstance(module, _CSCConvNd):
             raise ValueError(f"the lambda rule is for {self.layer!r}, which is not a CSC layer of this model")
@@ -115,7 +122,7 @@ class LambdaRule:
         def hook(mod, args, kwargs):
             x = args[0]
             kwargs = dict(kwargs)
-            kwargs["lam"] = self.lam_for(mod, x)
+            kwargs["lam"] = self.lam_for(mod, x, differentiable)
             return args, kwargs
 
         handle = module.register_forward_pre_hook(hook, with_kwargs=True)
