@@ -568,7 +568,7 @@ def attack(
     dataset: Optional[str] = typer.Argument(None, help="Default: the dataset the model was trained on."),
     data_dir: Optional[str] = typer.Option(None, help="Where the dataset lives."),
     eps: str = typer.Option("8/255", help="Perturbation budget in pixel units of [0, 1] images, e.g. 8/255 or 0.5."),
-    norm: str = typer.Option("Linf", help="Threat model: Linf or L2."),
+    norm: str = typer.Option("Linf", help="Threat model: Linf or L2 (case-insensitive)."),
     n: int = typer.Option(100, "--n", help="Number of test examples (a fixed, seeded subset)."),
     batch_size: int = typer.Option(100, help="Attack batch size."),
     attacks: str = typer.Option("fgsm,pgd,apgd-ce,apgd-dlr,square", help="Comma-separated: fgsm, pgd, apgd-ce, apgd-dlr, square, autoattack."),
@@ -590,11 +590,12 @@ def attack(
     """Adversarial robustness a reviewer would accept: FGSM, PGD, APGD, Square, AutoAttack, through
     every gradient mode that defeats masking in a CSC model, with sanity checks and intervals."""
     from .jobs.attack import AttackConfig, run_attack
-    from .robust.attacks import parse_eps
+    from .robust.attacks import canonical_norm, parse_eps
 
     if not model.exists():
         raise ValueError(f"model file {model} does not exist")
-    config = AttackConfig(model=str(model), dataset=dataset, data_dir=data_dir, eps=parse_eps(eps), norm=norm, n=n,
+    config = AttackConfig(model=str(model), dataset=dataset, data_dir=data_dir, eps=parse_eps(eps, norm),
+                          norm=canonical_norm(norm), n=n,
                           batch_size=batch_size, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
                           steps=steps, alpha=alpha, restarts=restarts,
                           modes=[m.strip() for m in modes.split(",")] if modes else None, lam=lam,

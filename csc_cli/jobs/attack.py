@@ -9,6 +9,7 @@ the defended model as it runs. The headline is the per-example worst case over a
 
 from __future__ import annotations
 
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..checkpoint import load
 from ..data import load_dataset
 from ..layers import _CSCConvNd
 from ..robust.attacks import (
-    ATTACKS, AUTOATTACK_PARAMETERS, NORMS, DefendedModel, attacker_copy, fgsm, library_attack, pgd,
+    ATTACKS, AUTOATTACK_PARAMETERS, GRADIENT_MODES, NORMS, DefendedModel, attacker_copy, fgsm, library_attack, pgd,
     torchattacks_version, wilson_interval, zero_gradient_fraction,
 )
 from ..robust.lam import LambdaRule, first_csc_layer
@@ -62,12 +63,34 @@ class AttackConfig:
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack {unknown[0]!r}; valid: {', '.join(ATTACKS)}")
-        if not 0 <= self.eps <= (1 if self.norm == "Linf" else 1e3):
-            raise ValueError(f"--eps must be in [0, 1], got {self.eps}")
+        if not (math.isfinite(self.eps) and 0 <= self.eps) or (self.norm == "Linf" and self.eps > 1):
+            raise ValueError(f"--eps must be {'in [0, 1]' if self.norm == 'Linf' else '>= 0'} for {self.norm}, "
+                             f"got {self.eps}")
         if self.steps < 1 or self.restarts < 1:
             raise ValueError(f"--steps and --restarts must be >= 1, got {self.steps} and {self.restarts}")
         if self.n < 1 or self.batch_size < 1:
             raise ValueError("--n and --batch-size must be >= 1")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"--alpha must be > 0, got {self.alpha}")
+        valid_modes = GRADIENT_MODES + ("bpda", "through-rule")
+        bad = [m for m in self.modes or [] if m not in valid_modes]
+        if bad:
+            raise ValueError(f"unknown gradient mode {bad[0]!r}; valid: {', '.join(valid_modes)}")
+        if self.modes is not None and not self.modes:
+            raise ValueError("--modes is empty: name at least one gradient mode")
+        if not self.attacks:
+            raise ValueError(f"--attacks is empty; valid: {', '.join(ATTACKS)}")
+        if self.lam not in (None, "auto"):
+            try:
+                value = float(self.lam)
+            except ValueError:
+                raise ValueError(f"--lambda must be 'auto' or a number, got {self.lam!r}") from None
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--lambda must be >= 0, got {self.lam}")
+        if self.lambda_scale is not None and not (math.isfinite(self.lambda_scale) and self.lambda_scale >= 0):
+            raise ValueError(f"--lambda-scale must be >= 0, got {self.lambda_scale}")
+        if self.square_queries < 1:
+            raise ValueError(f"--square-queries must be >= 1, got {self.square_queries}")
 
 
 @dataclass
@@ -188,6 +211,10 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     idx = torch.randperm(test.images.shape[0], generator=torch.Generator().manual_seed(config.seed))[: config.n]
     idx = idx.sort().values
     x, y = test.images[idx].to(device), test.labels[idx].to(device)
+    diameter = math.sqrt(x[0].numel())
+    if config.norm == "L2" and config.eps > diameter:
+        raise ValueError(f"--eps {config.eps:g} exceeds the l_2 diameter of the image space ({diameter:.1f} for "
+                         f"{tuple(x.shape[1:])} images)")
     has_csc = any(isinstance(m, _CSCConvNd) for m in model.modules())
     lam_values: Dict[str, float] = {}
     rule = None

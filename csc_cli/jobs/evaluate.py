@@ -123,8 +123,8 @@ def _load_c_folder(root: Path, name: str, severity: int, n_clean: Optional[int])
         if labels.shape[0] not in (per, data.shape[0]):
             raise ValueError(f"{labels_file} has {labels.shape[0]} labels for {per} images per severity")
         sl = slice((severity - 1) * per, (severity - 1) * per + (n_clean or per))
-        x = torch.from_numpy(np.ascontiguousarray(data[sl])).permute(0, 3, 1, 2).float() / 255
-        y = torch.from_numpy(np.asarray(labels[sl] if labels.shape[0] == data.shape[0] else labels[: x.shape[0]]))
+        x = torch.from_numpy(np.array(data[sl])).permute(0, 3, 1, 2).float() / 255
+        y = torch.from_numpy(np.array(labels[sl] if labels.shape[0] == data.shape[0] else labels[: x.shape[0]]))
         return x, y.long()
     folder = root / name / str(severity)
     if folder.is_dir():

@@ -277,7 +277,8 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
     recon: Dict[str, Any] = {"layers": {}}
     for name, (inp, z) in captured.items():
         layer = layers[name]
-        rebuilt = layer.decode(z, inp.shape[2:])
+        with torch.no_grad():
+            rebuilt = layer.decode(z, inp.shape[2:])
         err = (inp - rebuilt).square().flatten(1).sum(1)
         energy = inp.square().flatten(1).sum(1)
         recon["layers"][name] = {"relative_error": float((err / energy.clamp_min(1e-12)).mean()),

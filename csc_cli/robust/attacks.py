@@ -26,8 +26,9 @@ ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "autoattack")
 NORMS = ("Linf", "L2")
 
 
-def parse_eps(text: str) -> float:
-    """'8/255', '0.03' -> a float in [0, 1]; one clear error otherwise."""
+def parse_eps(text: str, norm: str = "Linf") -> float:
+    """'8/255', '0.03' -> a float; one clear error otherwise. An l_inf budget above 1 exceeds the whole
+    [0, 1] pixel range; an l_2 budget may (the image's diameter is checked once its size is known)."""
     text = str(text).strip()
     try:
         if "/" in text:
@@ -43,9 +44,15 @@ def parse_eps(text: str) -> float:
         raise ValueError(f"--eps must be a number or a fraction like 8/255, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"--eps must be >= 0, got {text}")
-    if value > 1:
-        raise ValueError(f"--eps {text} is larger than the whole [0, 1] pixel range")
+    if value > 1 and canonical_norm(norm) == "Linf":
+        raise ValueError(f"--eps {text} is larger than the whole [0, 1] pixel range (l_inf)")
     return value
+
+
+def canonical_norm(name: str) -> str:
+    """'linf', 'Linf', 'inf' -> 'Linf'; 'l2', 'L2' -> 'L2'; anything else unchanged (and refused later)."""
+    key = str(name).strip().lower()
+    return {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "l_2": "L2"}.get(key, str(name))
 
 
 # ----------------------------------------------------------------------------- models
@@ -240,6 +247,6 @@ def zero_gradient_fraction(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 __all__ = [
     "ATTACKS", "NORMS", "GRADIENT_MODES", "AUTOATTACK_PARAMETERS", "DefendedModel", "attacker_copy", "fgsm", "pgd",
-    "library_attack", "parse_eps", "wilson_interval", "zero_gradient_fraction", "input_gradient",
+    "library_attack", "parse_eps", "canonical_norm", "wilson_interval", "zero_gradient_fraction", "input_gradient",
     "torchattacks_version", "reconstruction_error",
 ]

@@ -16,9 +16,11 @@ from csc_cli.robust.attacks import (
 torchattacks = pytest.importorskip("torchattacks")
 
 
-@pytest.fixture(scope="module")
-def sdnet(tmp_path_factory):
-    return run_train(TrainConfig(epochs=3, out=str(tmp_path_factory.mktemp("atk")))).model_path
+@pytest.fixture
+def sdnet(digits_sdnet):
+    """SDNet on digits, `csc train`'s default run (conftest): ~98% test accuracy. A 3-epoch model (68%)
+    collapses to chance at lambda 0.3 and makes every sanity check degenerate."""
+    return digits_sdnet
 
 
 def _quick(model, **kw):
@@ -32,6 +34,7 @@ def test_parse_eps():
     for bad, message in (("abc", "fraction"), ("8/0", "division by zero"), ("-0.1", ">= 0"), ("2", "larger")):
         with pytest.raises(ValueError, match=message):
             parse_eps(bad)
+    assert parse_eps("3", "L2") == 3.0 and parse_eps("128/255", "l2") == pytest.approx(128 / 255)
 
 
 def test_wilson_interval():
@@ -123,13 +126,26 @@ def test_sanity_checks_on_a_tiny_model(sdnet, tmp_path):
     for check in ("deterministic, batch-independent logits", "iterative beats single-step",
                   "accuracy falls with eps and reaches ~0", "perturbations within eps, inputs in [0, 1]",
                   "gradients are not zero", "black-box does not beat white-box",
-                  "undefended base model falls to near 0"):
+                  "undefended base model falls to near 0", "doubling steps and restarts changes < 0.5 point"):
         assert verdicts[check] == "PASS", (check, r.sanity)
-    assert verdicts["doubling steps and restarts changes < 0.5 point"] in ("PASS", "WARN")
+    assert r.clean["accuracy"] >= 0.9  # lambda 0.3 (3x the trained value) keeps the model working
     assert r.banner and "optimisation loop" in r.banner
     assert (tmp_path / "ex.png").read_bytes()[:4] == b"\x89PNG"
     assert [row["lambda"] for row in r.sweep] == [0.1, 0.3]
     assert r.versions["torchattacks"] == torchattacks.__version__ and r.threat["lambda"]["values"] == {"conv1": 0.3}
+
+
+@pytest.mark.slow
+def test_a_one_step_attack_is_flagged(sdnet, cli):
+    """PGD with a single step has not converged: doubling steps and restarts moves the result by
+    more than half a point, the check says WARN and the headline is marked as possibly overestimated."""
+    args = ["attack", sdnet, "--n", "48", "--steps", "1", "--eps", "0.05", "--attacks", "fgsm,pgd", "--modes", "unrolled"]
+    code, out, err = cli(args + ["--json"])
+    assert code == 0, err
+    verdicts = {c["check"]: c for c in json.loads(out)["sanity"]}
+    assert verdicts["doubling steps and restarts changes < 0.5 point"]["verdict"] == "WARN", verdicts
+    code, out, err = cli(args)
+    assert code == 0 and "possibly overestimated" in out
 
 
 def test_masking_is_detected():
@@ -177,6 +193,10 @@ def test_lambda_auto_is_attacked_end_to_end(sdnet, tmp_path):
         (["--attacks", "cw"], "unknown attack 'cw'"),
         (["--steps", "0"], "--steps and --restarts must be >= 1"),
         (["--norm", "L1"], "Linf or L2"),
+        (["--modes", "magic"], "unknown gradient mode 'magic'"),
+        (["--lambda", "big"], "'auto' or a number"),
+        (["--alpha", "-0.1"], "--alpha must be > 0"),
+        (["--norm", "l2", "--eps", "40"], "exceeds the l_2 diameter"),
     ],
 )
 def test_bad_input(sdnet, args, message, cli):
@@ -189,6 +209,17 @@ def test_model_without_normalisation_metadata(tmp_path, cli):
     path = csc_cli.save(model, tmp_path / "bare.safetensors", dataset="fake")
     code, _, err = cli(["attack", str(path), "--n", "4"])
     assert code == 1 and "no normalisation metadata" in err
+
+
+def test_l2_threat_model(sdnet, cli):
+    """An l_2 budget above 1 is legitimate (digits 16x16: diameter 16); perturbations stay in the ball."""
+    code, out, err = cli(["attack", sdnet, "--n", "8", "--attacks", "fgsm,pgd", "--modes", "unrolled", "--norm", "l2",
+                          "--eps", "1.5", "--steps", "5", "--json"])
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["threat"]["norm"] == "L2" and r["threat"]["eps"] == 1.5
+    bounds = {c["check"]: c["verdict"] for c in r["sanity"]}
+    assert bounds["perturbations within eps, inputs in [0, 1]"] == "PASS"
 
 
 def test_cli_json_records_everything(sdnet, cli):

@@ -12,11 +12,10 @@ from csc_cli.jobs.train import TrainConfig, run_train
 from csc_cli.robust import LambdaRule, lambda_override
 
 
-@pytest.fixture(scope="module")
-def digits_model(tmp_path_factory):
-    """A small SDNet trained on digits for a few epochs (~5 s)."""
-    out = tmp_path_factory.mktemp("digits")
-    return run_train(TrainConfig(epochs=3, out=str(out))).model_path
+@pytest.fixture
+def digits_model(digits_sdnet):
+    """SDNet on digits: `csc train`'s default run (conftest)."""
+    return digits_sdnet
 
 
 @pytest.fixture(scope="module")

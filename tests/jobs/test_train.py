@@ -85,12 +85,23 @@ def test_held_out_selection_never_uses_the_test_set(tmp_path):
 
 @pytest.mark.slow
 def test_ema_model_gets_step_sizes_for_its_own_weights(tmp_path):
+    """The stored L of the EMA model's stem is ||A||^2 of the EMA atoms (exact: float64 SVD of the
+    dense operator), not that of the trained weights it averages (2.8% apart in this run)."""
+    from csc_cli.core import dense_matrix, normalize_atoms
+
     result = run_train(TrainConfig(epochs=2, ema=0.9, out=str(tmp_path / "ema"), max_batches=8))
-    model = csc_cli.load(result.model_path)
-    layer = model.conv1
+    layer = csc_cli.load(result.model_path).conv1
+    size = tuple(int(s) for s in layer.lipschitz_size)
+
+    def exact(atoms):
+        return float(torch.linalg.matrix_norm(dense_matrix(layer.geometry, atoms.double(), size), ord=2)) ** 2
+
     stored = float(layer.lipschitz)
-    layer.refresh_step_size()
-    assert float(layer.lipschitz) == pytest.approx(stored, rel=1e-3)
+    own = exact(layer.atoms)
+    trained = exact(normalize_atoms(load_file(str(tmp_path / "ema" / "state.safetensors"))["model.conv1.weight"]))
+    print(f"stem L: stored {stored:.4f}, exact for the EMA atoms {own:.4f}, for the trained atoms {trained:.4f}")
+    assert 0.995 * own <= stored <= own * (1 + 1e-6)  # a power-iteration estimate approaches from below
+    assert abs(stored - own) < 0.25 * abs(trained - own)
 
 
 KILL_SCRIPT = textwrap.dedent(
