@@ -590,12 +590,12 @@ def attack(
     """Adversarial robustness a reviewer would accept: FGSM, PGD, APGD, Square, AutoAttack, through
     every gradient mode that defeats masking in a CSC model, with sanity checks and intervals."""
     from .jobs.attack import AttackConfig, run_attack
-    from .robust.attacks import canonical_norm, parse_eps
+    from .robust.attacks import parse_eps
 
     if not model.exists():
         raise ValueError(f"model file {model} does not exist")
     config = AttackConfig(model=str(model), dataset=dataset, data_dir=data_dir, eps=parse_eps(eps, norm),
-                          norm=canonical_norm(norm), n=n,
+                          norm=norm, n=n,
                           batch_size=batch_size, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
                           steps=steps, alpha=alpha, restarts=restarts,
                           modes=[m.strip() for m in modes.split(",")] if modes else None, lam=lam,

@@ -24,8 +24,8 @@ from ..checkpoint import load
 from ..data import load_dataset
 from ..layers import _CSCConvNd
 from ..robust.attacks import (
-    ATTACKS, AUTOATTACK_PARAMETERS, GRADIENT_MODES, NORMS, DefendedModel, attacker_copy, fgsm, library_attack, pgd,
-    torchattacks_version, wilson_interval, zero_gradient_fraction,
+    ATTACKS, AUTOATTACK_PARAMETERS, GRADIENT_MODES, NORMS, RULE_MODES, DefendedModel, attacker_copy, canonical_norm,
+    check_eps, fgsm, library_attack, pgd, torchattacks_version, wilson_interval, zero_gradient_fraction,
 )
 from ..robust.lam import LambdaRule, first_csc_layer
 
@@ -57,22 +57,23 @@ class AttackConfig:
     seed: int = 0
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.norm = canonical_norm(self.norm)  # 'linf', 'l2', ... as well as 'Linf', 'L2'
+
     def validate(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"--norm must be Linf or L2, got {self.norm!r}")
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack {unknown[0]!r}; valid: {', '.join(ATTACKS)}")
-        if not (math.isfinite(self.eps) and 0 <= self.eps) or (self.norm == "Linf" and self.eps > 1):
-            raise ValueError(f"--eps must be {'in [0, 1]' if self.norm == 'Linf' else '>= 0'} for {self.norm}, "
-                             f"got {self.eps}")
+        check_eps(self.eps, self.norm)
         if self.steps < 1 or self.restarts < 1:
             raise ValueError(f"--steps and --restarts must be >= 1, got {self.steps} and {self.restarts}")
         if self.n < 1 or self.batch_size < 1:
             raise ValueError("--n and --batch-size must be >= 1")
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"--alpha must be > 0, got {self.alpha}")
-        valid_modes = GRADIENT_MODES + ("bpda", "through-rule")
+        valid_modes = GRADIENT_MODES + RULE_MODES
         bad = [m for m in self.modes or [] if m not in valid_modes]
         if bad:
             raise ValueError(f"unknown gradient mode {bad[0]!r}; valid: {', '.join(valid_modes)}")
@@ -176,7 +177,7 @@ def _modes_for(config: AttackConfig, has_csc: bool, has_rule: bool) -> List[str]
         return ["unrolled"]
     modes = ["unrolled", "implicit", "smooth", "more-steps"]
     if has_rule:
-        modes = ["bpda", "through-rule"] + modes[1:]
+        modes = list(RULE_MODES) + modes[1:]
     return modes
 
 
@@ -355,7 +356,7 @@ def _lambda_sweep(config, model, norm, x, y, n_classes, modes, emit) -> List[Dic
         runner = _Runner(config, defended, x, y, n_classes)
         clean = runner.robust(x)
         worst = clean.clone()
-        for mode in [m for m in modes if m not in ("bpda", "through-rule")] or ["unrolled"]:
+        for mode in [m for m in modes if m not in RULE_MODES] or ["unrolled"]:
             worst &= runner.robust(runner.run("pgd", attacker_copy(defended, mode)))
         rows.append({"lambda": lam, "clean": _summary(clean), "robust": _summary(worst)})
         emit("sweep", {"done": i + 1, "total": len(config.lambda_sweep)})

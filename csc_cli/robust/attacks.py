@@ -42,6 +42,13 @@ def parse_eps(text: str, norm: str = "Linf") -> float:
         if "division by zero" in str(exc):
             raise
         raise ValueError(f"--eps must be a number or a fraction like 8/255, got {text!r}") from None
+    return check_eps(value, norm, text)
+
+
+def check_eps(value: float, norm: str, text: Optional[str] = None) -> float:
+    """The budget's range: finite and >= 0; at most 1 for l_inf (the whole [0, 1] pixel range). An
+    l_2 budget may exceed 1 (its bound, the image's diameter, needs the image size)."""
+    text = str(value) if text is None else text
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"--eps must be >= 0, got {text}")
     if value > 1 and canonical_norm(norm) == "Linf":
@@ -88,6 +95,7 @@ class DefendedModel(nn.Module):
 
 
 GRADIENT_MODES = ("unrolled", "implicit", "smooth", "more-steps")
+RULE_MODES = ("bpda", "through-rule")  # for a per-input lambda rule
 
 
 def attacker_copy(defended: DefendedModel, mode: str) -> DefendedModel:
@@ -247,6 +255,6 @@ def zero_gradient_fraction(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 __all__ = [
     "ATTACKS", "NORMS", "GRADIENT_MODES", "AUTOATTACK_PARAMETERS", "DefendedModel", "attacker_copy", "fgsm", "pgd",
-    "library_attack", "parse_eps", "canonical_norm", "wilson_interval", "zero_gradient_fraction", "input_gradient",
+    "library_attack", "parse_eps", "check_eps", "canonical_norm", "RULE_MODES", "wilson_interval", "zero_gradient_fraction", "input_gradient",
     "torchattacks_version", "reconstruction_error",
 ]

@@ -8,7 +8,6 @@ import torch.nn as nn
 
 import csc_cli
 from csc_cli.jobs.attack import AttackConfig, run_attack
-from csc_cli.jobs.train import TrainConfig, run_train
 from csc_cli.robust.attacks import (
     DefendedModel, attacker_copy, fgsm, input_gradient, parse_eps, pgd, wilson_interval, zero_gradient_fraction,
 )
