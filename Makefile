@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-portable bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The suite must not depend on one machine's floating-point path: run it on one thread, on two, and
+# with ATen's portable (non-SIMD) kernels. Each run must be green (CI runs `make test` only).
+test-portable: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q -p no:cacheprovider
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

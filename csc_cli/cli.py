@@ -343,7 +343,8 @@ def eval_(
     calibrate_lambda: bool = typer.Option(False, "--calibrate-lambda", help="Fit lambda = a*r(x)+b on corrupted training images and store it."),
     calibration_images: int = typer.Option(512, help="Training images used to calibrate."),
     calibration_corruptions: str = typer.Option("gaussian_noise", help="Corruptions used to calibrate."),
-    out: Optional[str] = typer.Option(None, help="Write the calibrated model here (default: update MODEL)."),
+    out: Optional[str] = typer.Option(None, help="Write the calibrated model here (default: MODEL's name + .calibrated.safetensors)."),
+    in_place: bool = typer.Option(False, "--in-place", help="Store the calibrated rule in MODEL itself instead of a new file."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write every accuracy as CSV rows here."),
     plots: Optional[Path] = typer.Option(None, help="Write PNG figures into this folder."),
     seed: int = typer.Option(0, help="Seed for subsets and corruptions."),
@@ -365,6 +366,7 @@ def eval_(
                         lambda_sweep=_grid(lambda_sweep) if lambda_sweep else None,
                         calibrate_lambda=calibrate_lambda, calibration_images=calibration_images,
                         calibration_corruptions=[c for c in calibration_corruptions.split(",") if c], out=out,
+                        in_place=in_place,
                         seed=seed)
     if as_json:
         result = run_eval(config).to_dict()
@@ -637,12 +639,14 @@ def _render_attack(result: dict) -> None:
     warn = False
     if result["sanity"]:
         st = Table(title="Sanity checks")
-        for col in ("check", "verdict", "detail"):
+        for col in ("check", "verdict", "examples (allowed)", "detail"):
             st.add_column(col)
         for chk in result["sanity"]:
             colour = {"PASS": "green", "WARN": "red", "N/A": "dim"}[chk["verdict"]]
             warn |= chk["verdict"] == "WARN"
-            st.add_row(chk["check"], f"[{colour}]{chk['verdict']}[/]", chk["detail"])
+            counted = "-" if chk.get("changed") is None else (
+                f"{chk['changed']}" + (f" / {chk['n']}" if chk.get("n") else "") + f" ({chk['allowed']})")
+            st.add_row(chk["check"], f"[{colour}]{chk['verdict']}[/]", counted, chk["detail"])
         console.print(st)
     headline = f"robust accuracy {100 * rb['accuracy']:.1f}% ({100 * rb['ci95'][0]:.1f}-{100 * rb['ci95'][1]:.1f})"
     if warn:

@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 
-# Two cores on CI: keep torch from oversubscribing when pytest runs alongside other work.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores on CI: keep torch from oversubscribing when pytest runs alongside other work. An explicit
+# OMP_NUM_THREADS wins, so `make test-portable` really runs the suite on one thread (a different
+# floating-point reduction order) as well as on two.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture
