@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d  # noqa: E402
 from .convert import ConversionPlan, convert  # noqa: E402
-from .models import create_model  # noqa: E402
+from .models import build_model, create_model  # noqa: E402
 from .checkpoint import ModelFileError, load, read_metadata, save  # noqa: E402
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "CSC_OPTION_DEFAULTS",
     "ConversionPlan",
     "ModelFileError",
+    "build_model",
     "convert",
     "create_model",
     "load",

@@ -50,7 +50,8 @@ class EvalConfig:
     calibrate_lambda: bool = False
     calibration_images: int = 512
     calibration_corruptions: List[str] = field(default_factory=lambda: ["gaussian_noise"])
-    out: Optional[str] = None  # model file to write the calibrated rule to (default: the model file)
+    out: Optional[str] = None  # model file for the calibrated rule (default: <model>.calibrated.safetensors)
+    in_place: bool = False  # write the calibrated rule into the model file itself (only when asked)
     seed: int = 0
 
 
@@ -160,7 +161,8 @@ def _layer_lams(model: nn.Module) -> Dict[str, float]:
 def _rule_of(model: nn.Module) -> LambdaRule:
     data = getattr(model, "csc_info", {}).get("lambda_rule")
     if data is None:
-        raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` first")
+        raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` first and "
+                         "evaluate the MODEL.calibrated.safetensors it writes")
     return LambdaRule.from_dict(data)
 
 
@@ -188,6 +190,17 @@ def lambda_mode(model: nn.Module, config: EvalConfig) -> Iterator[Dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- calibration
+def calibrated_path(config: EvalConfig) -> Path:
+    """Where --calibrate-lambda writes: --out, else the model itself only with --in-place, else a new
+    file beside it -- a command named eval never rewrites the user's trained model unasked."""
+    if config.out and config.in_place:
+        raise ValueError("give either --out or --in-place, not both")
+    if config.out:
+        return Path(config.out)
+    model = Path(config.model)
+    return model if config.in_place else model.with_name(f"{model.stem}.calibrated.safetensors")
+
+
 def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, mean, std, device,
                      grid: List[float], emit: ProgressFn) -> Tuple[LambdaRule, Dict[str, Any]]:
     """Fit ``lambda = a * r + b`` on corrupted *training* images: for every noise level (clean and
@@ -284,7 +297,7 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
     calibration = None
     if config.calibrate_lambda:
         rule, calibration = calibrate_lambda(model, config, dataset, mean, std, device, grid, emit)
-        target = Path(config.out or config.model)
+        target = calibrated_path(config)
         info = dict(info)
         info["lambda_rule"] = rule.to_dict()
         save(model, target, **info)
