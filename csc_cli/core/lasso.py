@@ -314,14 +314,15 @@ def solve_lasso(
         raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
     if mu < 0:
         raise ValueError(f"mu must be >= 0, got {mu}")
-    lam_t = torch.as_tensor(lam, device=x.device)
+    # a Python number takes the dictionary's dtype: as_tensor alone would round it to float32
+    lam_t = torch.as_tensor(lam, dtype=None if isinstance(lam, Tensor) else weight.dtype, device=x.device)
     if not lam_t.is_floating_point():
         lam_t = lam_t.to(weight.dtype)
     if lam_t.dim() > 1 or (lam_t.dim() == 1 and lam_t.shape[0] != x.shape[0]):
         raise ValueError(f"lam must be a scalar or one value per sample ({x.shape[0]}), got shape {tuple(lam_t.shape)}")
     if not isinstance(lam, Tensor) and lam < 0:  # tensors are checked by their owner: no sync here
         raise ValueError(f"lam must be >= 0, got {lam}")
-    step_t = torch.as_tensor(step, device=x.device).detach()
+    step_t = torch.as_tensor(step, dtype=None if isinstance(step, Tensor) else weight.dtype, device=x.device).detach()
     if not step_t.is_floating_point():
         step_t = step_t.to(weight.dtype)
     records: Optional[list] = [] if trace else None

@@ -161,6 +161,10 @@ def test_training_step_stays_safe_while_the_dictionary_changes_fast():
 
 
 def test_a_new_size_in_training_restarts_cold_and_converged():
+    # Seeded: how close the converged block estimate gets depends on the dictionary's spectrum
+    # (the stopping rule bounds the last change, not the error), so the draw must not depend on
+    # which tests ran before.
+    torch.manual_seed(0)
     layer = CSCConv2d(4, 8, 3, padding=1, dtype=torch.float64).train()
     layer(torch.randn(2, 4, 8, 8, dtype=torch.float64))
     layer(torch.randn(2, 4, 15, 15, dtype=torch.float64))
