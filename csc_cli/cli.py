@@ -207,7 +207,7 @@ def train(
     dataset: Optional[str] = typer.Argument(None, help="digits (default, offline), cifar10, cifar100, imagenet, folder:PATH, fake."),
     data_dir: Optional[str] = typer.Option(None, help="Where the dataset lives (CIFAR: the extracted batches)."),
     recipe: Optional[Path] = typer.Option(None, help="A TOML recipe (see recipes/); flags override its values."),
-    arch: Optional[str] = typer.Option(None, help="resnet18_cifar, resnet34_cifar, resnet20_cifar or any timm ConvNet."),
+    arch: Optional[str] = typer.Option(None, help="resnet18_cifar, resnet34_cifar, resnet20_cifar or any timm ConvNet; on images up to 64 px resnet18/34 mean the CIFAR layout (timm:resnet18 for timm's)."),
     csc: Optional[str] = typer.Option(None, help="stem (SDNet), all (SDNet-All) or none (the plain ConvNet)."),
     shortcut: Optional[bool] = typer.Option(None, "--shortcut/--no-shortcut", help="No-shortcut SDNet-All (CIFAR ResNets)."),
     lam: Optional[float] = typer.Option(None, "--lambda", "--lam", help="Sparsity weight of the CSC layers."),
@@ -280,8 +280,10 @@ def _train_with_progress(config, run_train) -> None:
 
         def progress(kind: str, info: dict) -> None:
             if kind == "start":
-                console.print(f"{info['parameters']:,} parameters on {info['device']}, {info['train_images']} "
-                              f"training images, {info['steps_per_epoch']} steps per epoch")
+                for note in info.get("notes", []):
+                    console.print(f"note: {note}")
+                console.print(f"{info['arch']}: {info['parameters']:,} parameters on {info['device']}, "
+                              f"{info['train_images']} training images, {info['steps_per_epoch']} steps per epoch")
             elif kind == "epoch_start":
                 bar.reset(task, total=info["batches"], completed=info["first_batch"],
                           description=f"epoch {info['epoch'] + 1}/{config.epochs}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
@@ -196,6 +196,24 @@ def _is_basic_resnet(model: nn.Module) -> bool:
     has_stem = all(hasattr(model, a) for a in ("conv1", "bn1", "act1"))
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
     return has_stem and bool(blocks)
+
+
+CIFAR_LAYOUTS = {"resnet18": "resnet18_cifar", "resnet34": "resnet34_cifar"}
+SMALL_IMAGES = 64  # up to this side length a ResNet keeps its resolution in the stem (CIFAR layout)
+
+
+def resolve_arch(arch: str, image_size: int) -> Tuple[str, Optional[str]]:
+    """The architecture a name means for images of ``image_size`` px, and a note when it is not the
+    literal name. On small images (CIFAR, digits) ``resnet18`` / ``resnet34`` are the paper's CIFAR
+    layout (3x3 stride-1 stem, no max-pool: SDNet-18 is 11,173,962 parameters on CIFAR-10); timm's
+    ImageNet layout (7x7 stride-2 stem + max-pool: a 32 px image is 8x8 after it) is ``timm:resnet18``."""
+    if arch.startswith("timm:"):
+        return arch[len("timm:"):], None
+    if arch in CIFAR_LAYOUTS and image_size <= SMALL_IMAGES:
+        cifar = CIFAR_LAYOUTS[arch]
+        return cifar, (f"--arch {arch} on {image_size} px images builds {cifar}, the paper's CIFAR layout (3x3 "
+                       f"stride-1 stem, no max-pool); for timm's ImageNet layout ask for --arch timm:{arch}")
+    return arch, None
 
 
 def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "stem", shortcut: bool = True,

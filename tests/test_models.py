@@ -74,3 +74,17 @@ def test_bad_model_requests():
         build_model("resnet18", 10, csc="all", shortcut=False)
     with pytest.raises(ValueError, match="no pretrained weights"):
         build_model("resnet18_cifar", 10, pretrained=True)
+
+
+def test_resnet18_on_small_images_means_the_papers_cifar_layout():
+    """`csc train cifar10 --arch resnet18` is SDNet-18 of the paper (CIFAR layout), with a note saying
+    so; timm's ImageNet layout stays available as timm:resnet18, and 224 px images keep the name."""
+    from csc_cli.models import resolve_arch
+
+    arch, note = resolve_arch("resnet18", 32)
+    assert arch == "resnet18_cifar" and "timm:resnet18" in note
+    assert resolve_arch("resnet34", 16)[0] == "resnet34_cifar"
+    assert resolve_arch("timm:resnet18", 32) == ("resnet18", None)
+    assert resolve_arch("resnet18", 224) == ("resnet18", None)
+    assert resolve_arch("resnet20_cifar", 32) == ("resnet20_cifar", None)
+    assert sum(p.numel() for p in build_model(arch, 10, csc="stem").parameters()) == 11_173_962

@@ -30,7 +30,7 @@ from ..core import lasso_terms
 from ..data import NORMALIZATION, load_dataset
 from ..data.pipeline import Batches, default_augment, default_pad, normalize, split_holdout
 from ..layers import _CSCConvNd
-from ..models import build_model, model_spec
+from ..models import build_model, model_spec, resolve_arch
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -119,6 +119,8 @@ class TrainResult:
     parameters: int
     seconds: float
     resumed_from_epoch: Optional[int] = None
+    arch: Optional[str] = None  # what was built (``--arch resnet18`` on 32 px images is resnet18_cifar)
+    notes: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -344,6 +346,7 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     steps_per_epoch = len(train_batches) if config.max_batches is None else min(len(train_batches), config.max_batches)
 
     # ---- model
+    notes: List[str] = []
     in_chans = data.input_size[0]
     csc_options = dict(lam=config.lam, steps=config.steps, nonneg=config.nonneg, mu=config.mu,
                        method=config.method, backward=config.backward)
@@ -355,7 +358,9 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
             spec["model_kwargs"]["num_classes"] = data.num_classes
             model.csc_spec = spec
     else:
-        model = build_model(config.arch, data.num_classes, csc=config.csc, shortcut=config.shortcut,
+        arch, arch_note = resolve_arch(config.arch, min(data.input_size[1:]))
+        notes += [arch_note] if arch_note else []
+        model = build_model(arch, data.num_classes, csc=config.csc, shortcut=config.shortcut,
                             in_chans=in_chans if in_chans != 3 else None, **csc_options)
     model.to(device)
     if config.channels_last:
@@ -427,7 +432,8 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
             "input_size": list(data.input_size)}
     probe = normalize(data.probe, mean, std).to(device)
     emit("start", {"parameters": parameters, "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
-                   "device": str(device), "start_epoch": start_epoch, "train_images": data.train_images})
+                   "device": str(device), "start_epoch": start_epoch, "train_images": data.train_images,
+                   "arch": model_spec(model)["arch"], "notes": notes})
     started = time.perf_counter()
 
     for epoch in range(start_epoch, config.epochs):
@@ -522,7 +528,8 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     dist.close()
     emit("done", {"seconds": seconds})
     return TrainResult(out=str(out), model_path=str(model_path), epochs=config.epochs, last=last, best=best,
-                       history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=resumed_from)
+                       history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=resumed_from,
+                       arch=model_spec(model)["arch"], notes=notes)
 
 
 def _write_summary(path: Path, history: List[Dict[str, Any]]) -> None:
