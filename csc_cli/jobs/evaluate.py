@@ -266,6 +266,7 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
         if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5:
             raise ValueError(f"severity must be an integer from 1 to 5, got {s!r}")
     corruptions = parse_corruptions(config.corruptions)
+    target = calibrated_path(config) if config.calibrate_lambda else None  # refuses --out with --in-place early
     if config.lam is not None and config.lam != "auto":
         try:
             [float(p.split("=")[-1]) for p in config.lam.split(",")]
@@ -297,7 +298,6 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
     calibration = None
     if config.calibrate_lambda:
         rule, calibration = calibrate_lambda(model, config, dataset, mean, std, device, grid, emit)
-        target = calibrated_path(config)
         info = dict(info)
         info["lambda_rule"] = rule.to_dict()
         save(model, target, **info)

@@ -46,8 +46,13 @@ def test_monotone_in_severity(images, name):
 
 
 def test_noise_statistics_match_the_cifar_constants():
-    """On a mid-grey image (no clipping in play): measured statistics within 2% of the constants."""
+    """On a mid-grey image (no clipping in play): measured statistics within 2% of the constants.
+    Each tolerance is at least 6 standard errors of its estimate: impulse noise touches only a
+    fraction c of the values, so it gets a larger image (15.7k flipped values at c = 0.01: relative
+    standard error 0.8%; on the 64 px image it was 3.2%, and the seeded draw there gave +4.4% against
+    the 5% tolerance)."""
     grey = torch.full((8, 3, 64, 64), 0.5)
+    big = torch.full((8, 3, 256, 256), 0.5)
     for severity in range(1, 6):
         c = CONSTANTS["cifar"]["gaussian_noise"][severity - 1]
         sigma = float((corrupt(grey, "gaussian_noise", severity, preset="cifar") - grey).std())
@@ -59,8 +64,8 @@ def test_noise_statistics_match_the_cifar_constants():
         var = float((corrupt(grey, "shot_noise", severity, preset="cifar") - grey).var())
         assert abs(var / (0.5 / c) - 1) < 0.04, (severity, var, c)  # Poisson: variance x / c (sigma within 2%)
         c = CONSTANTS["cifar"]["impulse_noise"][severity - 1]
-        y = corrupt(grey, "impulse_noise", severity, preset="cifar")
-        changed = float((y != grey).float().mean())
+        y = corrupt(big, "impulse_noise", severity, preset="cifar")
+        changed = float((y != big).float().mean())
         salt = float((y == 1).float().mean())
         assert abs(changed / c - 1) < 0.05 and abs(salt / changed - 0.5) < 0.05, (severity, changed, c)
     assert CONSTANTS["cifar"]["gaussian_noise"] == [0.04, 0.06, 0.08, 0.09, 0.10]  # PAPER.md

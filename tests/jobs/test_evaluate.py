@@ -179,3 +179,26 @@ def test_error_grows_with_severity_on_a_fixed_model(cifar_mini_models):
     print({n: [round(v, 3) for v in f] for n, f in flips.items()})
     worse = {n: f for n, f in flips.items() if f[1] <= f[0]}
     assert set(worse) <= {"elastic_transform"}, worse
+
+
+def test_calibration_never_rewrites_the_model_it_evaluates(digits_model, tmp_path, cli):
+    """`csc eval m --calibrate-lambda` leaves m byte-identical and writes m.calibrated.safetensors;
+    only --in-place stores the rule in m itself; --out with --in-place is refused."""
+    import shutil
+
+    model = tmp_path / "m.safetensors"
+    shutil.copy(digits_model, model)
+    before = model.read_bytes()
+    args = ["eval", str(model), "--calibrate-lambda", "--calibration-images", "32", "--lambda-sweep", "0.1,0.3",
+            "--max-images", "32", "--json"]
+    code, out, err = cli(args)
+    assert code == 0, err
+    written = tmp_path / "m.calibrated.safetensors"
+    assert model.read_bytes() == before
+    assert json.loads(out)["calibration"]["written_to"] == str(written)
+    assert "lambda_rule" in csc_cli.load(written).csc_info and "lambda_rule" not in csc_cli.load(model).csc_info
+    code, _, err = cli(args + ["--in-place", "--out", str(tmp_path / "x.safetensors")])
+    assert code == 1 and "either --out or --in-place" in err
+    code, _, err = cli(args + ["--in-place"])
+    assert code == 0, err
+    assert model.read_bytes() != before and "lambda_rule" in csc_cli.load(model).csc_info
