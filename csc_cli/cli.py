@@ -358,8 +358,6 @@ def eval_(
 
     if not model.exists():
         raise ValueError(f"model file {model} does not exist")
-    if lambda_layers not in ("first", "all"):
-        raise ValueError(f"--lambda-layers must be first or all, got {lambda_layers!r}")
     sev = [int(v) for v in _floats(severities)] if severities else [1, 2, 3, 4, 5]
     config = EvalConfig(model=str(model), dataset=dataset, data_dir=data_dir, batch_size=batch_size,
                         max_images=max_images, device=device, amp=amp, corruptions=list(corruptions or []),
@@ -580,8 +578,9 @@ def attack(
     alpha: Optional[float] = typer.Option(None, help="PGD step size (default 2.5 * eps / steps)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
     modes: Optional[str] = typer.Option(None, help="Gradient modes (default: all that apply): unrolled, implicit, smooth, more-steps, bpda, through-rule."),
-    lam: Optional[str] = typer.Option(None, "--lambda", help="Test-time lambda of the defence: auto or a number (first CSC layer)."),
-    lambda_scale: Optional[float] = typer.Option(None, help="Multiply the first CSC layer's trained lambda."),
+    lam: Optional[str] = typer.Option(None, "--lambda", help="Test-time lambda of the defence: auto, a number (first CSC layer) or layer=value,..."),
+    lambda_scale: Optional[float] = typer.Option(None, help="Multiply the trained lambda (see --lambda-layers)."),
+    lambda_layers: str = typer.Option("first", help="Which layers --lambda-scale scales: first or all."),
     lambda_sweep: Optional[str] = typer.Option(None, help="Robust accuracy vs lambda, e.g. 0.1:0.7:0.2."),
     square_queries: int = typer.Option(5000, help="Square attack queries (AutoAttack's standard: 5000)."),
     sanity: bool = typer.Option(True, "--sanity/--no-sanity", help="Run the sanity checks."),
@@ -603,7 +602,7 @@ def attack(
                           batch_size=batch_size, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
                           steps=steps, alpha=alpha, restarts=restarts,
                           modes=[m.strip() for m in modes.split(",")] if modes else None, lam=lam,
-                          lambda_scale=lambda_scale, lambda_sweep=_grid(lambda_sweep) if lambda_sweep else None,
+                          lambda_scale=lambda_scale, lambda_layers=lambda_layers, lambda_sweep=_grid(lambda_sweep) if lambda_sweep else None,
                           square_queries=square_queries, sanity=sanity, baseline=baseline,
                           save_examples=str(save_examples) if save_examples else None, seed=seed, device=device)
     if as_json:

@@ -28,7 +28,7 @@ from ..robust.attacks import (
     check_eps, fgsm, library_attack, pgd, torchattacks_version, zero_gradient_mask,
 )
 from ..robust.stats import at_most, check, compare_attacks, tolerance, wilson_interval
-from ..robust.lam import LambdaRule, first_csc_layer
+from ..robust.lam import LambdaPolicy, first_csc_layer
 
 ProgressFn = Callable[[str, Dict[str, Any]], None]
 WHITE_BOX = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "autoattack")
@@ -49,8 +49,9 @@ class AttackConfig:
     alpha: Optional[float] = None
     restarts: int = 1
     modes: Optional[List[str]] = None  # default: every mode that applies
-    lam: Optional[str] = None  # None (as trained), "auto", a number (first CSC layer)
+    lam: Optional[str] = None  # None (as trained), "auto", a number (first CSC layer) or "layer=value,..."
     lambda_scale: Optional[float] = None
+    lambda_layers: str = "first"  # which layers --lambda-scale scales: first or all
     lambda_sweep: Optional[List[float]] = None
     square_queries: int = 5000
     sanity: bool = True
@@ -83,15 +84,7 @@ class AttackConfig:
             raise ValueError("--modes is empty: name at least one gradient mode")
         if not self.attacks:
             raise ValueError(f"--attacks is empty; valid: {', '.join(ATTACKS)}")
-        if self.lam not in (None, "auto"):
-            try:
-                value = float(self.lam)
-            except ValueError:
-                raise ValueError(f"--lambda must be 'auto' or a number, got {self.lam!r}") from None
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"--lambda must be >= 0, got {self.lam}")
-        if self.lambda_scale is not None and not (math.isfinite(self.lambda_scale) and self.lambda_scale >= 0):
-            raise ValueError(f"--lambda-scale must be >= 0, got {self.lambda_scale}")
+        LambdaPolicy.parse(self.lam, self.lambda_scale, self.lambda_layers)
         if self.square_queries < 1:
             raise ValueError(f"--square-queries must be >= 1, got {self.square_queries}")
 
@@ -219,19 +212,8 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
         raise ValueError(f"--eps {config.eps:g} exceeds the l_2 diameter of the image space ({diameter:.1f} for "
                          f"{tuple(x.shape[1:])} images)")
     has_csc = any(isinstance(m, _CSCConvNd) for m in model.modules())
-    lam_values: Dict[str, float] = {}
-    rule = None
-    if config.lam == "auto":
-        data = info.get("lambda_rule")
-        if data is None:
-            raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` first")
-        rule = LambdaRule.from_dict(data)
-    elif config.lam is not None or config.lambda_scale is not None:
-        if not has_csc:
-            raise ValueError("this model has no CSC layer: --lambda and --lambda-scale do not apply")
-        first = first_csc_layer(model)
-        trained = float(dict(model.named_modules())[first].lam)
-        lam_values[first] = float(config.lam) if config.lam is not None else trained * config.lambda_scale
+    policy = LambdaPolicy.parse(config.lam, config.lambda_scale, config.lambda_layers)
+    lam_values, rule = policy.resolve(model)
     defended = DefendedModel(model, norm["mean"], norm["std"], lam_values, rule)
     modes = _modes_for(config, has_csc, rule is not None)
     runner = _Runner(config, defended, x, y, test.num_classes)
@@ -264,8 +246,7 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     threat = {"norm": config.norm, "eps": config.eps, "eps_in_pixels": "raw [0, 1] images; the model normalises",
               "steps": config.steps, "alpha": runner.alpha, "restarts": config.restarts,
               "autoattack_parameters": AUTOATTACK_PARAMETERS, "square_queries": config.square_queries,
-              "lambda": {"mode": "auto" if rule else ("fixed" if lam_values else "as trained"),
-                         "values": lam_values, "rule": rule.to_dict() if rule else None}}
+              "lambda": policy.describe(lam_values, rule)}
     versions = {"csc": __version__, "torch": torch.__version__, "python": platform.python_version()}
     try:
         versions["torchattacks"] = torchattacks_version()

@@ -10,10 +10,9 @@ the test data, and labelled so); the label-free rule ``lambda = a * r(x) + b`` f
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from ..checkpoint import load, save
 from ..data import load_dataset
 from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
 from ..data.pipeline import normalize
-from ..robust.lam import LambdaRule, first_csc_layer, lambda_override, reconstruction_error
+from ..robust.lam import LambdaPolicy, LambdaRule, first_csc_layer, lambda_override, reconstruction_error
 
 ProgressFn = Callable[[str, Dict[str, Any]], None]
 
@@ -140,55 +139,6 @@ def _load_c_folder(root: Path, name: str, severity: int, n_clean: Optional[int])
                             f"(ImageNet-C layout)")
 
 
-# ----------------------------------------------------------------------------- lambda
-def _parse_lam(spec: str, model: nn.Module) -> Dict[str, float]:
-    values: Dict[str, float] = {}
-    for part in spec.split(","):
-        if "=" in part:
-            name, value = part.split("=", 1)
-            values[name.strip()] = float(value)
-        else:
-            values[first_csc_layer(model)] = float(part)
-    return values
-
-
-def _layer_lams(model: nn.Module) -> Dict[str, float]:
-    from ..layers import _CSCConvNd
-
-    return {n: float(m.lam) for n, m in model.named_modules() if isinstance(m, _CSCConvNd)}
-
-
-def _rule_of(model: nn.Module) -> LambdaRule:
-    data = getattr(model, "csc_info", {}).get("lambda_rule")
-    if data is None:
-        raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` first and "
-                         "evaluate the MODEL.calibrated.safetensors it writes")
-    return LambdaRule.from_dict(data)
-
-
-@contextlib.contextmanager
-def lambda_mode(model: nn.Module, config: EvalConfig) -> Iterator[Dict[str, Any]]:
-    """Apply the requested test-time lambda; yields a description of it."""
-    trained = _layer_lams(model)
-    if (config.lam is not None or config.lambda_scale is not None) and not trained:
-        raise ValueError("this model has no CSC layer: --lambda and --lambda-scale do not apply")
-    if config.lam == "auto":
-        rule = _rule_of(model)
-        with rule.applied(model):
-            yield {"mode": "auto", "rule": rule.to_dict(), "trained": trained}
-        return
-    values: Dict[str, float] = {}
-    if config.lam is not None:
-        values.update(_parse_lam(config.lam, model))
-    if config.lambda_scale is not None:
-        if config.lambda_scale < 0:
-            raise ValueError(f"--lambda-scale must be >= 0, got {config.lambda_scale}")
-        names = list(trained) if config.lambda_layers == "all" else [first_csc_layer(model)]
-        values.update({n: trained[n] * config.lambda_scale for n in names if n not in values})
-    with lambda_override(model, values):
-        yield {"mode": "fixed" if values else "as trained", "values": values, "trained": trained}
-
-
 # ----------------------------------------------------------------------------- calibration
 def calibrated_path(config: EvalConfig) -> Path:
     """Where --calibrate-lambda writes: --out, else the model itself only with --in-place, else a new
@@ -267,11 +217,7 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
             raise ValueError(f"severity must be an integer from 1 to 5, got {s!r}")
     corruptions = parse_corruptions(config.corruptions)
     target = calibrated_path(config) if config.calibrate_lambda else None  # refuses --out with --in-place early
-    if config.lam is not None and config.lam != "auto":
-        try:
-            [float(p.split("=")[-1]) for p in config.lam.split(",")]
-        except ValueError:
-            raise ValueError(f"--lambda must be 'auto', a number, or layer=value pairs, got {config.lam!r}") from None
+    policy = LambdaPolicy.parse(config.lam, config.lambda_scale, config.lambda_layers)
     device = resolve_device(config.device)
     model = load(config.model, map_location=device).to(device).eval()
     info = getattr(model, "csc_info", {})
@@ -306,7 +252,7 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
 
     baseline_model = load(config.baseline, map_location=device).to(device).eval() if config.baseline else None
 
-    with lambda_mode(model, config) as lam_info:
+    with policy.applied(model) as lam_info:
         clean_logits = predict(model, images, mean, std, device, config.batch_size, config.amp)
         clean = scores(clean_logits, labels, num_classes)
         clean["class_names"] = test.class_names
@@ -329,9 +275,8 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
         baseline = _mce(table, b_table, clean["top1"], b_clean)
         baseline["model"] = config.baseline
 
-    if table is not None and config.lam != "auto" and getattr(model, "csc_info", {}).get("lambda_rule"):
-        auto_cfg = EvalConfig(**{**asdict(config), "lam": "auto", "lambda_scale": None})
-        with lambda_mode(model, auto_cfg):
+    if table is not None and not policy.auto and getattr(model, "csc_info", {}).get("lambda_rule"):
+        with LambdaPolicy(auto=True).applied(model):
             auto = _corruption_table(model, corruptions, config, images, labels, mean, std, device, lambda k, i: None)
             auto_clean = _accuracy(predict(model, images, mean, std, device, config.batch_size, config.amp), labels)
         table["auto"] = {"clean": auto_clean, "accuracy": auto["accuracy"], "mean": auto["mean"],
