@@ -8,7 +8,7 @@ Public API::
 
 __version__ = "0.1.0"
 
-from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d  # noqa: E402
+from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d, CSCConvNd, csc_layers  # noqa: E402
 from .convert import ConversionPlan, convert  # noqa: E402
 from .models import build_model, create_model  # noqa: E402
 from .checkpoint import ModelFileError, load, read_metadata, save  # noqa: E402
@@ -16,12 +16,14 @@ from .checkpoint import ModelFileError, load, read_metadata, save  # noqa: E402
 __all__ = [
     "CSCConv1d",
     "CSCConv2d",
+    "CSCConvNd",
     "CSC_OPTION_DEFAULTS",
     "ConversionPlan",
     "ModelFileError",
     "build_model",
     "convert",
     "create_model",
+    "csc_layers",
     "load",
     "read_metadata",
     "save",

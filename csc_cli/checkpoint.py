@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from . import __version__
 from .convert import _conv_kind, csc_layer_for, find_convs, replace_module
-from .layers import CSC_OPTION_DEFAULTS, _CSCConvNd
+from .layers import CSC_OPTION_DEFAULTS, CSCConvNd
 from .models import ALLOWED_MODEL_KWARGS, model_spec
 
 __all__ = ["save", "load", "read_metadata", "ModelFileError", "FORMAT", "FORMAT_VERSION"]
@@ -46,7 +46,7 @@ PathLike = Union[str, os.PathLike]
 
 
 # ----------------------------------------------------------------------------- save
-def _geometry_record(layer: _CSCConvNd) -> Dict[str, Any]:
+def _geometry_record(layer: CSCConvNd) -> Dict[str, Any]:
     return {
         "in_channels": layer.in_channels,
         "out_channels": layer.out_channels,
@@ -64,7 +64,7 @@ def _csc_layers(model: nn.Module) -> Dict[str, Dict[str, Any]]:
     records: Dict[str, Dict[str, Any]] = {}
     first_name: Dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
-        if not isinstance(module, _CSCConvNd):
+        if not isinstance(module, CSCConvNd):
             continue
         if id(module) in first_name:
             records[first_name[id(module)]]["aliases"].append(name)
@@ -233,7 +233,7 @@ def _geometry_matches(module: nn.Module, kind: str, record: Dict[str, Any]) -> b
     return expected == record
 
 
-def _construct(rec: Dict[str, Any], path: Path, name: str) -> _CSCConvNd:
+def _construct(rec: Dict[str, Any], path: Path, name: str) -> CSCConvNd:
     from .layers import CSCConv1d, CSCConv2d
 
     cls = CSCConv1d if rec["class"] == "CSCConv1d" else CSCConv2d

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d, _CSCConvNd
+from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d, CSCConvNd
 
 __all__ = ["ConvPlanEntry", "ConversionPlan", "convert", "find_convs", "replace_module", "csc_layer_for"]
 
@@ -93,7 +93,7 @@ def _conv_kind(module: nn.Module) -> Optional[str]:
     """How ``module`` is understood: 'conv', 'same', 'std', 'std_same', 'csc', a skip reason
     prefixed with '!', or None when it is not a convolution at all."""
     timm = _timm_classes()
-    if isinstance(module, _CSCConvNd):
+    if isinstance(module, CSCConvNd):
         return "csc"
     if "CondConv2d" in timm and isinstance(module, timm["CondConv2d"]):
         return "!per-sample (conditionally parameterised) kernels are not a fixed dictionary"
@@ -220,7 +220,7 @@ def _dictionary(module: nn.Module, kind: str) -> torch.Tensor:
     return module.weight.detach()
 
 
-def csc_layer_for(module: nn.Module, kind: Optional[str] = None, **options: Any) -> _CSCConvNd:
+def csc_layer_for(module: nn.Module, kind: Optional[str] = None, **options: Any) -> CSCConvNd:
     """A CSC layer with ``module``'s geometry, dtype, device, memory format, training flag and
     ``requires_grad``, whose dictionary is the weight ``module`` applies (and bias its bias)."""
     kind = kind or _conv_kind(module)

@@ -61,7 +61,9 @@ def _check_lam(value: Union[float, Tensor]) -> float:
     return lam
 
 
-class _CSCConvNd(nn.Module):
+class CSCConvNd(nn.Module):
+    """The base of :class:`CSCConv1d` and :class:`CSCConv2d` (``isinstance`` tests name this one)."""
+
     _dim: int = 0
 
     def __init__(
@@ -161,7 +163,7 @@ class _CSCConvNd(nn.Module):
         self._forget_step_size()
 
     @classmethod
-    def from_conv(cls, conv: nn.Module, **options: Any) -> "_CSCConvNd":
+    def from_conv(cls, conv: nn.Module, **options: Any) -> "CSCConvNd":
         """A CSC layer with ``conv``'s geometry whose dictionary is ``conv``'s weight (and whose
         bias, if any, is ``conv``'s bias). ``options`` are the CSC keyword options."""
         expected = nn.Conv1d if cls._dim == 1 else nn.Conv2d
@@ -256,6 +258,29 @@ class _CSCConvNd(nn.Module):
         lip, vec, _ = power_iteration(self.geometry, atoms, size, v0=warm, iters=iters)
         self._store(lip, vec, size, atoms)
         return self.step_size
+
+    @property
+    def trained_size(self) -> Optional[Tuple[int, ...]]:
+        """The input size the stored step size was estimated at (None before the first estimate)."""
+        return self._stored_size
+
+    def warm_state(self) -> Optional[Dict[str, Tensor]]:
+        """The warm-start state of the step-size refresh -- ``{'vector', 'atoms', 'size'}`` -- so that a
+        resumed run takes exactly the next step it would have taken; None when there is none."""
+        if self._power_vec is None or self._power_atoms is None or not self._stored_size:
+            return None
+        return {"vector": self._power_vec, "atoms": self._power_atoms,
+                "size": torch.tensor(self._stored_size, dtype=torch.long)}
+
+    def load_warm_state(self, state: Dict[str, Tensor]) -> None:
+        """Restore what :meth:`warm_state` returned (after the model's state dict is loaded)."""
+        size = tuple(int(s) for s in state["size"].tolist())
+        if len(size) != self._dim or any(s < 1 for s in size):
+            raise ValueError(f"warm state for a {self._dim}-d layer has size {size}")
+        self._power_vec = state["vector"].to(self.lipschitz.device)
+        self._power_atoms = state["atoms"].to(self.lipschitz.device)
+        self._stored_size = size
+        self._eval_cache.clear()
 
     def _store(self, lip: Tensor, vec: Tensor, size: Tuple[int, ...], atoms: Tensor) -> None:
         self.lipschitz.copy_(lip)
@@ -420,14 +445,14 @@ class _CSCConvNd(nn.Module):
         return s
 
 
-class CSCConv1d(_CSCConvNd):
+class CSCConv1d(CSCConvNd):
     """Convolutional sparse coding over sequences; same arguments as ``nn.Conv1d`` plus the
     keyword-only CSC options (``lam, steps, nonneg, mu, method, backward, step_scale, ...``)."""
 
     _dim = 1
 
 
-class CSCConv2d(_CSCConvNd):
+class CSCConv2d(CSCConvNd):
     """Convolutional sparse coding over images; same arguments as ``nn.Conv2d`` plus the
     keyword-only CSC options (``lam, steps, nonneg, mu, method, backward, step_scale, ...``).
 
@@ -437,3 +462,11 @@ class CSCConv2d(_CSCConvNd):
     """
 
     _dim = 2
+
+
+_CSCConvNd = CSCConvNd  # the name before it was public
+
+
+def csc_layers(model: nn.Module) -> Dict[str, CSCConvNd]:
+    """The CSC layers of ``model`` by qualified name, in registration order (the stem first)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, CSCConvNd)}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import csc_cli
 from csc_cli import CSCConv2d, convert
 from csc_cli.convert import calibrate_batchnorm, find_convs, output_distance
-from csc_cli.layers import _CSCConvNd
+from csc_cli.layers import CSCConvNd
 
 # (timm name, extra create_model kwargs, input size): one per family, small variants, no weights
 PANEL = [
@@ -70,7 +70,7 @@ def test_timm_panel_converts_all_layers(name, kwargs, size):
     out = model(x)
     assert out.shape == expected_shape
     (out * torch.randn_like(out)).sum().backward()
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, _CSCConvNd)}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, CSCConvNd)}
     assert len(layers) == len(plan.replaced)
     unreached = [n for n, m in layers.items() if m.weight.grad is None or not torch.isfinite(m.weight.grad).all()
                  or m.weight.grad.abs().sum() == 0]

@@ -358,3 +358,29 @@ def test_changing_lam_between_forward_and_backward_keeps_the_forward_gradient(mo
     layer.lam = 0.1  # restored in place before backward
     got = torch.autograd.grad(out.sum(), x)[0]
     torch.testing.assert_close(got, expected)
+
+
+def test_warm_state_api_makes_a_copy_take_the_identical_next_step():
+    """warm_state / load_warm_state (what a resumed training run uses): after a training forward, a
+    fresh layer given the state dict and the warm state refreshes its step size exactly as the
+    original does on the next training forward -- no private fields written from outside."""
+    from csc_cli import CSCConvNd, csc_layers
+
+    torch.manual_seed(0)
+    layer = CSCConv2d(3, 8, 3, padding=1, lam=0.1, steps=2).double().train()
+    x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
+    assert layer.warm_state() is None and layer.trained_size is None
+    layer(x)
+    state = layer.warm_state()
+    assert state is not None and state["size"].tolist() == [12, 12] and layer.trained_size == (12, 12)
+    twin = CSCConv2d(3, 8, 3, padding=1, lam=0.1, steps=2).double().train()
+    twin.load_state_dict(layer.state_dict())
+    twin.load_warm_state({k: v.clone() for k, v in state.items()})
+    with torch.no_grad():  # the same small dictionary update on both
+        for m in (layer, twin):
+            m.weight.add_(0.01 * torch.ones_like(m.weight))
+    assert torch.equal(layer(x), twin(x)) and torch.equal(layer.lipschitz, twin.lipschitz)
+    with pytest.raises(ValueError, match="warm state for a 2-d layer"):
+        twin.load_warm_state({**state, "size": torch.tensor([12])})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), layer, CSCConv1d(4, 4, 3))
+    assert list(csc_layers(model)) == ["1", "2"] and all(isinstance(m, CSCConvNd) for m in csc_layers(model).values())

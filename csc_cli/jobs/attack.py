@@ -22,7 +22,7 @@ from .. import __version__
 from . import resolve_device
 from ..checkpoint import load
 from ..data import load_dataset
-from ..layers import _CSCConvNd
+from ..layers import csc_layers
 from ..robust.attacks import (
     ATTACKS, AUTOATTACK_PARAMETERS, GRADIENT_MODES, NORMS, RULE_MODES, DefendedModel, attacker_copy, canonical_norm,
     check_eps, fgsm, library_attack, pgd, torchattacks_version, zero_gradient_mask,
@@ -177,7 +177,7 @@ def _modes_for(config: AttackConfig, has_csc: bool, has_rule: bool) -> List[str]
 
 
 def _banner(model: nn.Module, modes: List[str], has_rule: bool) -> Optional[str]:
-    layers = [m for m in model.modules() if isinstance(m, _CSCConvNd)]
+    layers = list(csc_layers(model).values())
     if not layers:
         return None
     steps = sorted({m.steps for m in layers})
@@ -211,7 +211,7 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     if config.norm == "L2" and config.eps > diameter:
         raise ValueError(f"--eps {config.eps:g} exceeds the l_2 diameter of the image space ({diameter:.1f} for "
                          f"{tuple(x.shape[1:])} images)")
-    has_csc = any(isinstance(m, _CSCConvNd) for m in model.modules())
+    has_csc = bool(csc_layers(model))
     policy = LambdaPolicy.parse(config.lam, config.lambda_scale, config.lambda_layers)
     lam_values, rule = policy.resolve(model)
     defended = DefendedModel(model, norm["mean"], norm["std"], lam_values, rule)
@@ -347,7 +347,7 @@ def _base_check(config, model, norm, defended, runner, x, y) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- sweep and pictures
 def _lambda_sweep(config, model, norm, x, y, n_classes, modes, emit) -> List[Dict[str, Any]]:
     """Robust accuracy (PGD, worst case over the gradient modes) vs the first layer's lambda."""
-    if not any(isinstance(m, _CSCConvNd) for m in model.modules()):
+    if not csc_layers(model):
         raise ValueError("this model has no CSC layer: --lambda-sweep does not apply")
     first = first_csc_layer(model)
     rows = []

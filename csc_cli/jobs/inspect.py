@@ -22,7 +22,7 @@ from ..checkpoint import load
 from ..core import lasso_terms
 from ..data import NORMALIZATION, load_dataset
 from ..data.pipeline import normalize
-from ..layers import _CSCConvNd
+from ..layers import CSCConvNd, csc_layers
 from ..robust.lam import lambda_override
 
 ProgressFn = Callable[[str, Dict[str, Any]], None]
@@ -84,7 +84,7 @@ def shift_coherence(atoms: torch.Tensor) -> float:
     return float(corr.max())
 
 
-def layer_card(name: str, layer: _CSCConvNd) -> Dict[str, Any]:
+def layer_card(name: str, layer: CSCConvNd) -> Dict[str, Any]:
     atoms = layer.atoms.detach()
     norms = layer.weight.detach().flatten(1).norm(dim=1)
     card = {
@@ -93,9 +93,9 @@ def layer_card(name: str, layer: _CSCConvNd) -> Dict[str, Any]:
         "padding": layer.padding if isinstance(layer.padding, str) else list(layer.padding),
         "dilation": list(layer.dilation), "groups": layer.groups, "padding_mode": layer.padding_mode,
         **layer.csc_options(), "dictionary_size": int(atoms.numel()),
-        "lipschitz": float(layer.lipschitz) if layer._stored_size else None,
-        "step_size": float(layer.step_size) if layer._stored_size else None,
-        "lipschitz_size": list(layer._stored_size) if layer._stored_size else None,
+        "lipschitz": float(layer.lipschitz) if layer.trained_size else None,
+        "step_size": float(layer.step_size) if layer.trained_size else None,
+        "lipschitz_size": list(layer.trained_size) if layer.trained_size else None,
         "coherence": coherence(atoms),
         "atoms_unit_norm": bool(torch.allclose(atoms.flatten(1).norm(dim=1), torch.ones(atoms.shape[0]), atol=1e-4)),
         "weight_norm_range": [float(norms.min()), float(norms.max())],
@@ -159,7 +159,7 @@ def _load_images(config: InspectConfig, model: nn.Module) -> Tuple[torch.Tensor,
     return data.images[idx.sort().values], f"{len(idx)} {dataset} test images"
 
 
-def _capture(model: nn.Module, layers: Dict[str, _CSCConvNd], x: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+def _capture(model: nn.Module, layers: Dict[str, CSCConvNd], x: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     """Each CSC layer's (input, code) when ``model`` runs on ``x``."""
     seen: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
     handles = []
@@ -187,7 +187,7 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a directory")
     out.mkdir(parents=True, exist_ok=True)
-    all_csc = {n: m for n, m in model.named_modules() if isinstance(m, _CSCConvNd)}
+    all_csc = csc_layers(model)
     if config.layers:
         unknown = [n for n in config.layers if n not in all_csc]
         if unknown:
@@ -328,7 +328,7 @@ def _denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x * s + m).clamp(0, 1)
 
 
-def _chain(model: nn.Module, csc: Dict[str, _CSCConvNd]) -> Optional[List[Tuple[str, _CSCConvNd, nn.Module]]]:
+def _chain(model: nn.Module, csc: Dict[str, CSCConvNd]) -> Optional[List[Tuple[str, CSCConvNd, nn.Module]]]:
     """(name, CSC layer, BatchNorm after it) from the input on, when the model is a pure CSC+BN
     stack (SDNet-All without shortcuts); None otherwise."""
     from ..models import CifarResNet
@@ -341,7 +341,7 @@ def _chain(model: nn.Module, csc: Dict[str, _CSCConvNd]) -> Optional[List[Tuple[
         for i, block in enumerate(getattr(model, f"layer{stage + 1}")):
             prefix = f"layer{stage + 1}.{i}"
             chain += [(f"{prefix}.conv1", block.conv1, block.bn1), (f"{prefix}.conv2", block.conv2, block.bn2)]
-    if not all(isinstance(m, _CSCConvNd) for _, m, _ in chain):
+    if not all(isinstance(m, CSCConvNd) for _, m, _ in chain):
         return None
     return chain
 

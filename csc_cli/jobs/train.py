@@ -29,7 +29,7 @@ from ..checkpoint import load, load_state, save, save_state
 from ..core import lasso_terms
 from ..data import NORMALIZATION, load_dataset
 from ..data.pipeline import Batches, default_augment, default_pad, normalize, split_holdout
-from ..layers import _CSCConvNd
+from ..layers import csc_layers
 from ..models import build_model, model_spec, resolve_arch
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -156,15 +156,11 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _csc_layers(model: nn.Module) -> Dict[str, _CSCConvNd]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, _CSCConvNd)}
-
-
 @torch.no_grad()
 def csc_layer_stats(model: nn.Module, images: torch.Tensor) -> Dict[str, Dict[str, float]]:
     """Per CSC layer, on ``images`` (eval mode): fraction of non-zero code entries, relative
     reconstruction error ``||x - A z|| / ||x||`` of its input, and its step size."""
-    layers = _csc_layers(model)
+    layers = csc_layers(model)
     stats: Dict[str, Dict[str, float]] = {}
     handles = []
 
@@ -232,9 +228,9 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def _refresh_steps_like(target: nn.Module, source: nn.Module) -> None:
     """Give ``target``'s CSC layers converged step sizes for their own weights, at the input sizes
     ``source``'s layers are trained at (EMA weights are not the trained weights: their L differs)."""
-    src = _csc_layers(source)
-    for name, layer in _csc_layers(target).items():
-        size = src[name]._stored_size if name in src else None
+    src = csc_layers(source)
+    for name, layer in csc_layers(target).items():
+        size = src[name].trained_size if name in src else None
         if size:
             layer.refresh_step_size(size)
 
@@ -395,14 +391,12 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
         start_epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
         history, best = meta.get("history", []), meta.get("best")
         resumed_from = start_epoch
-        for layer_name, layer in _csc_layers(model).items():
+        for layer_name, layer in csc_layers(model).items():
             size = meta.get("power_sizes", {}).get(layer_name)
             vec = tensors.get(f"power.{layer_name}")
             atoms = tensors.get(f"power_atoms.{layer_name}")
             if size and vec is not None and atoms is not None:  # the warm refresh state: an identical next step
-                layer._stored_size = tuple(size)
-                layer._power_vec = vec.to(device)
-                layer._power_atoms = atoms.to(device)
+                layer.load_warm_state({"vector": vec, "atoms": atoms, "size": torch.tensor(size)})
 
     def write_state(epoch: int, batch: int) -> None:
         if not dist.is_writer:
@@ -414,11 +408,12 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
             tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
         tensors["rng.torch"] = torch.get_rng_state()
         power_sizes = {}
-        for layer_name, layer in _csc_layers(model).items():
-            if layer._power_vec is not None and layer._stored_size and layer._power_atoms is not None:
-                tensors[f"power.{layer_name}"] = layer._power_vec
-                tensors[f"power_atoms.{layer_name}"] = layer._power_atoms
-                power_sizes[layer_name] = list(layer._stored_size)
+        for layer_name, layer in csc_layers(model).items():
+            warm = layer.warm_state()
+            if warm is not None:
+                tensors[f"power.{layer_name}"] = warm["vector"]
+                tensors[f"power_atoms.{layer_name}"] = warm["atoms"]
+                power_sizes[layer_name] = warm["size"].tolist()
         meta = {"epoch": epoch, "batch": batch, "step": step, "arch": model_spec(model)["arch"], "csc": config.csc,
                 "optimizer": opt_meta, "history": history, "best": best, "config": asdict(config),
                 "power_sizes": power_sizes}
@@ -483,8 +478,8 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
         totals = dist.sum([loss_sum, correct, seen])
         train_loss, train_acc = totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
         elapsed = time.perf_counter() - epoch_start
-        for layer in _csc_layers(model).values():  # the step for the weights as they now are
-            if layer._stored_size:
+        for layer in csc_layers(model).values():  # the step for the weights as they now are
+            if layer.trained_size:
                 layer.refresh_step_size()
         eval_model = model
         if ema is not None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.pipeline import normalize
-from ..layers import _CSCConvNd
+from ..layers import CSCConvNd
 from .lam import LambdaRule, lambda_override, reconstruction_error  # noqa: F401 (re-export)
 from .stats import wilson_interval  # noqa: F401 (re-export)
 
@@ -119,14 +119,14 @@ def attacker_copy(defended: DefendedModel, mode: str) -> DefendedModel:
         return twin
     twin = copy.deepcopy(defended)
     for layer in twin.model.modules():
-        if isinstance(layer, _CSCConvNd):
+        if isinstance(layer, CSCConvNd):
             if mode == "implicit":
                 layer.backward = "implicit"
                 layer.cg_iters = 50
                 layer.cg_tol = 1e-4
                 # a K-step code is not converged: its support can exceed the input's dimension,
                 # making A_S^T A_S singular; damp it at 5% of ||A||^2
-                layer.implicit_damping = 0.05 * float(layer.lipschitz) if layer._stored_size else 1.0
+                layer.implicit_damping = 0.05 * float(layer.lipschitz) if layer.trained_size else 1.0
             elif mode == "smooth":
                 layer.surrogate = 1.0
             elif mode == "more-steps":

@@ -18,17 +18,17 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..layers import _CSCConvNd
+from ..layers import CSCConvNd, csc_layers
 
 
 def csc_layer_names(model: nn.Module) -> List[str]:
     """The CSC layers of ``model``, in registration order (the stem first)."""
-    return [n for n, m in model.named_modules() if isinstance(m, _CSCConvNd)]
+    return list(csc_layers(model))
 
 
 def layer_lambdas(model: nn.Module) -> Dict[str, float]:
     """Each CSC layer's current lambda, by name, the stem first."""
-    return {n: float(m.lam) for n, m in model.named_modules() if isinstance(m, _CSCConvNd)}
+    return {n: float(m.lam) for n, m in csc_layers(model).items()}
 
 
 def first_csc_layer(model: nn.Module) -> str:
@@ -45,7 +45,7 @@ def lambda_override(model: nn.Module, values: Dict[str, float]) -> Iterator[None
     saved = {}
     for name, value in values.items():
         layer = layers.get(name)
-        if not isinstance(layer, _CSCConvNd):
+        if not isinstance(layer, CSCConvNd):
             raise ValueError(f"{name!r} is not a CSC layer of this model (CSC layers: {csc_layer_names(model)})")
         saved[name] = layer.lam.clone()
         layer.lam = value
@@ -56,7 +56,7 @@ def lambda_override(model: nn.Module, values: Dict[str, float]) -> Iterator[None
             layers[name].lam.copy_(value)
 
 
-def residual_energy(layer: _CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
+def residual_energy(layer: CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
     """``||x - A z||^2 / numel`` per sample, ``z`` the layer's code of ``x`` at ``lam`` (default:
     its own lambda); differentiable in ``x``."""
     z, _ = layer.solve(x, lam=lam)
@@ -65,7 +65,7 @@ def residual_energy(layer: _CSCConvNd, x: Tensor, lam: Optional[float] = None) -
 
 
 @torch.no_grad()
-def reconstruction_error(layer: _CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
+def reconstruction_error(layer: CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
     """:func:`residual_energy` without a graph."""
     return residual_energy(layer, x, lam)
 
@@ -112,7 +112,7 @@ class LambdaRule:
         points = [{"r": float(a), "best_lam": float(b)} for a, b in zip(r, best)]
         return cls(layer, float(coef[0]), float(coef[1]), reference_lam, lo, hi, points)
 
-    def lam_for(self, layer_module: _CSCConvNd, x: Tensor, differentiable: bool = False) -> Tensor:
+    def lam_for(self, layer_module: CSCConvNd, x: Tensor, differentiable: bool = False) -> Tensor:
         measure = residual_energy if differentiable else reconstruction_error
         r = measure(layer_module, x, self.reference_lam)
         return (self.a * r + self.b).clamp(self.lo, self.hi)
@@ -122,7 +122,7 @@ class LambdaRule:
         """Inside the block, ``model``'s layer ``self.layer`` picks its lambda per input. By default
         lambda(x) is a constant for autograd; ``differentiable`` lets gradients flow through r(x)."""
         module = dict(model.named_modules()).get(self.layer)
-        if not isinstance(module, _CSCConvNd):
+        if not isinstance(module, CSCConvNd):
             raise ValueError(f"the lambda rule is for {self.layer!r}, which is not a CSC layer of this model")
 
         def hook(mod, args, kwargs):
