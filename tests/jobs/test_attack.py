@@ -148,7 +148,10 @@ def test_sanity_checks_on_a_tiny_model(sdnet, tmp_path):
     for row in r.sanity:  # every counted check says how many examples changed, out of how many
         if row["n"] is not None:
             assert 0 <= row["changed"] <= row["n"] <= 48 and row["allowed"] >= 1, row
-    assert r.clean["accuracy"] >= 0.9  # lambda 0.3 (3x the trained value) keeps the model working
+    # lambda 0.3 (3x the trained value) keeps the model working, so no check above passed on a collapsed
+    # model (a 3-epoch model fell to 6% here). Measured 43-47 of 48 across float paths: assert the 95%
+    # Wilson lower bound clears half, not a point value that one of 48 examples decides.
+    assert r.clean["ci95"][0] >= 0.5, r.clean
     assert r.banner and "optimisation loop" in r.banner
     assert (tmp_path / "ex.png").read_bytes()[:4] == b"\x89PNG"
     assert [row["lambda"] for row in r.sweep] == [0.1, 0.3]
