@@ -22,9 +22,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d, CSCConvNd
+from .card import Edit
+from .layers import CSC_OPTION_DEFAULTS
+from .surgery import (applied_weight, conv_kind, csc_layer_for, edit_model, find_convs, replace_module,
+                      to_csc_edit)
 
 __all__ = ["ConvPlanEntry", "ConversionPlan", "convert", "find_convs", "replace_module", "csc_layer_for"]
 
@@ -80,56 +82,8 @@ class ConversionPlan:
 
 
 # ----------------------------------------------------------------------------- discovery
-def _timm_classes() -> Dict[str, type]:
-    try:
-        from timm import layers as tl
-    except ImportError:  # pragma: no cover - timm is a core dependency
-        return {}
-    names = ["Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame", "CondConv2d"]
-    return {n: getattr(tl, n) for n in names if hasattr(tl, n)}
-
-
-def _conv_kind(module: nn.Module) -> Optional[str]:
-    """How ``module`` is understood: 'conv', 'same', 'std', 'std_same', 'csc', a skip reason
-    prefixed with '!', or None when it is not a convolution at all."""
-    timm = _timm_classes()
-    if isinstance(module, CSCConvNd):
-        return "csc"
-    if "CondConv2d" in timm and isinstance(module, timm["CondConv2d"]):
-        return "!per-sample (conditionally parameterised) kernels are not a fixed dictionary"
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return "!transposed convolution: it is a synthesis operator already, not an analysis conv"
-    if isinstance(module, nn.Conv3d):
-        return "!3-D convolutions are not supported (CSCConv1d and CSCConv2d only)"
-    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
-        return "!lazy convolution with uninitialised weights: run one forward first"
-    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return None
-    cls = type(module)
-    for name, kind in (("StdConv2dSame", "std_same"), ("ScaledStdConv2dSame", "std_same"),
-                       ("StdConv2d", "std"), ("ScaledStdConv2d", "std"), ("Conv2dSame", "same")):
-        if name in timm and cls is timm[name]:
-            return kind
-    if cls.forward is not nn.Conv1d.forward and cls.forward is not nn.Conv2d.forward:
-        return f"!{cls.__name__} has its own forward with unknown semantics"
-    return "conv"
-
-
-def find_convs(model: nn.Module) -> List[Tuple[str, nn.Module, str, List[str]]]:
-    """``(name, module, kind, aliases)`` for every convolution-like module, in registration order.
-    A module registered under several names (shared weights) appears once, with its other names."""
-    seen: Dict[int, int] = {}
-    found: List[Tuple[str, nn.Module, str, List[str]]] = []
-    for name, module in model.named_modules(remove_duplicate=False):
-        kind = _conv_kind(module)
-        if kind is None:
-            continue
-        if id(module) in seen:
-            found[seen[id(module)]][3].append(name)
-            continue
-        seen[id(module)] = len(found)
-        found.append((name, module, kind, []))
-    return found
+_conv_kind = conv_kind  # the names before the surgery engine had its own module
+_dictionary = applied_weight
 
 
 def _entry(name: str, module: nn.Module, action: str, reason: str, aliases: List[str]) -> ConvPlanEntry:
@@ -205,78 +159,6 @@ def _select(
     return reasons
 
 
-# ----------------------------------------------------------------------------- replacement
-@torch.no_grad()
-def _dictionary(module: nn.Module, kind: str) -> torch.Tensor:
-    """The weight the conv actually applies: for weight-standardised convs, the standardised one."""
-    if kind in ("std", "std_same"):
-        scale = None
-        if hasattr(module, "gain") and hasattr(module, "scale"):
-            scale = (module.gain * module.scale).reshape(-1)
-        return F.batch_norm(
-            module.weight.reshape(1, module.out_channels, -1), None, None, weight=scale,
-            training=True, momentum=0.0, eps=module.eps,
-        ).reshape_as(module.weight)
-    return module.weight.detach()
-
-
-def csc_layer_for(module: nn.Module, kind: Optional[str] = None, **options: Any) -> CSCConvNd:
-    """A CSC layer with ``module``'s geometry, dtype, device, memory format, training flag and
-    ``requires_grad``, whose dictionary is the weight ``module`` applies (and bias its bias)."""
-    kind = kind or _conv_kind(module)
-    if kind is None or kind.startswith("!") or kind == "csc":
-        raise ValueError(f"{type(module).__name__} cannot become a CSC layer: {kind or 'not a convolution'}")
-    unknown = set(options) - _CSC_OPTIONS
-    if unknown:
-        raise ValueError(f"unknown CSC option(s) {sorted(unknown)}; valid: {sorted(_CSC_OPTIONS)}")
-    cls = CSCConv1d if isinstance(module, nn.Conv1d) else CSCConv2d
-    tf_same = kind == "same" or (kind == "std_same" and getattr(module, "same_pad", False))
-    weight = module.weight
-    layer = cls(
-        module.in_channels, module.out_channels, module.kernel_size,
-        stride=module.stride,
-        padding="tf_same" if tf_same else module.padding,
-        dilation=module.dilation,
-        groups=module.groups,
-        bias=module.bias is not None,
-        padding_mode=module.padding_mode,
-        device=weight.device,
-        dtype=weight.dtype,
-        **options,
-    )
-    with torch.no_grad():
-        layer.weight.copy_(_dictionary(module, kind))
-        if module.bias is not None:
-            layer.bias.copy_(module.bias)
-    if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-        layer.to(memory_format=torch.channels_last)
-    layer.weight.requires_grad_(weight.requires_grad)
-    if module.bias is not None:
-        layer.bias.requires_grad_(module.bias.requires_grad)
-    layer.train(module.training)
-    layer._forget_step_size()
-    return layer
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Set the submodule at dotted ``name`` to ``new``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def _record_reparameterized(model: nn.Module) -> None:
-    """Model files must rebuild the fused architecture: note the fusion in the model's spec."""
-    from .models import model_spec
-
-    try:
-        spec = model_spec(model)
-    except ValueError:
-        return  # not a named architecture: it cannot be saved as a model file anyway
-    spec["reparameterized"] = True
-    model.csc_spec = spec
-
-
 def _has_reparameterizable(model: nn.Module) -> bool:
     return any(hasattr(m, a) for m in model.modules() if m is not model
                for a in ("fuse", "reparameterize", "switch_to_deploy"))
@@ -320,11 +202,8 @@ def convert(
             raise ValueError("this model has re-parameterisable branches (RepVGG/MobileOne style): "
                              "fuse them first (reparameterize='auto') or convert another model")
         if not dry_run:
-            from timm.utils.model import reparameterize_model
-
-            reparameterize_model(model, inplace=True)
+            edit_model(model, Edit("reparameterize"))
             reparam = True
-            _record_reparameterized(model)
             notes.append("re-parameterisable branches fused first (timm reparameterize_model)")
         else:
             notes.append("re-parameterisable branches would be fused first (timm reparameterize_model)")
@@ -355,12 +234,10 @@ def convert(
             entry.reason = "; ".join(notes_here)
             entries.append(entry)
             if not dry_run:
-                layer = csc_layer_for(module, kind, **csc_options)
+                layer = edit_model(model, to_csc_edit(module, name, aliases, **csc_options))
                 if zero:
                     with torch.no_grad():
                         nn.init.kaiming_uniform_(layer.weight, a=5 ** 0.5)
-                for path in [name, *aliases]:
-                    replace_module(model, path, layer)
     return model, ConversionPlan(entries=entries, reparameterized=reparam, notes=notes)
 
 

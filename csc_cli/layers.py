@@ -28,7 +28,7 @@ from torch import Tensor
 from .core.lasso import BACKWARDS, METHODS, SolverTrace, solve_lasso
 from .core.operators import ConvGeometry, normalize_atoms, power_iteration
 
-__all__ = ["CSCConv1d", "CSCConv2d", "CSC_OPTION_DEFAULTS"]
+__all__ = ["CSCConv1d", "CSCConv2d", "CSCConvNd", "CSC_OPTION_DEFAULTS", "LAYER_CLASSES", "csc_layers"]
 
 #: The keyword-only CSC options every layer takes, with their defaults.
 CSC_OPTION_DEFAULTS: Dict[str, Any] = {
@@ -165,31 +165,39 @@ class CSCConvNd(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Module, **options: Any) -> "CSCConvNd":
         """A CSC layer with ``conv``'s geometry whose dictionary is ``conv``'s weight (and whose
-        bias, if any, is ``conv``'s bias). ``options`` are the CSC keyword options."""
+        bias, if any, is ``conv``'s bias). ``options`` are the CSC keyword options. (The same
+        construction :func:`csc_cli.convert` uses: :func:`csc_cli.surgery.csc_layer_for`.)"""
+        from .surgery import csc_layer_for
+
         expected = nn.Conv1d if cls._dim == 1 else nn.Conv2d
         if not isinstance(conv, expected) or conv.transposed:
             raise ValueError(f"{cls.__name__}.from_conv needs an {expected.__name__}, got {type(conv).__name__}")
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            **options,
-        )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        layer.weight.requires_grad_(conv.weight.requires_grad)
-        layer._forget_step_size()
-        return layer
+        return csc_layer_for(conv, **options)
+
+    @classmethod
+    def from_record(cls, geometry: Dict[str, Any], options: Dict[str, Any], *, device=None,
+                    dtype=None) -> "CSCConvNd":
+        """The layer a :meth:`geometry_record` and :meth:`csc_options` describe (freshly
+        initialised weights). The one constructor model files and conversions use."""
+        g = geometry
+        padding = g["padding"] if isinstance(g["padding"], str) else tuple(g["padding"])
+        return cls(g["in_channels"], g["out_channels"], tuple(g["kernel_size"]), stride=tuple(g["stride"]),
+                   padding=padding, dilation=tuple(g["dilation"]), groups=g["groups"], bias=bool(g["bias"]),
+                   padding_mode=g["padding_mode"], device=device, dtype=dtype, **options)
+
+    def geometry_record(self) -> Dict[str, Any]:
+        """The layer's geometry as plain values (for model cards): :meth:`from_record`'s input."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            "padding_mode": self.padding_mode,
+        }
 
     def csc_options(self) -> Dict[str, Any]:
         """The CSC keyword options of this layer, as plain values (for model metadata)."""
@@ -465,6 +473,9 @@ class CSCConv2d(CSCConvNd):
 
 
 _CSCConvNd = CSCConvNd  # the name before it was public
+
+#: CSC layer classes by name (model cards name a layer's class).
+LAYER_CLASSES: Dict[str, type] = {"CSCConv1d": CSCConv1d, "CSCConv2d": CSCConv2d}
 
 
 def csc_layers(model: nn.Module) -> Dict[str, CSCConvNd]:

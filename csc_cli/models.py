@@ -7,16 +7,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
-__all__ = ["create_model", "build_model", "model_spec", "ALLOWED_MODEL_KWARGS", "CifarResNet"]
+from .card import ALLOWED_MODEL_KWARGS, Edit, ModelCard
+from .surgery import apply_edit, card_of, edit_model, to_csc_edit
 
-#: The timm ``create_model`` keyword arguments a model file may carry, with their types.
-ALLOWED_MODEL_KWARGS: Dict[str, type] = {
-    "num_classes": int,
-    "in_chans": int,
-    "drop_rate": float,
-    "drop_path_rate": float,
-    "global_pool": str,
-}
+__all__ = ["create_model", "build_model", "rebuild", "model_spec", "resolve_arch", "ALLOWED_MODEL_KWARGS",
+           "CifarResNet"]
 
 
 def _suggest(name: str, names: List[str]) -> str:
@@ -26,7 +21,7 @@ def _suggest(name: str, names: List[str]) -> str:
 
 def create_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """``timm.create_model(arch, **kwargs)`` with clear errors, recording how it was built
-    (``model.csc_spec``) so that :func:`csc_cli.save` can write a self-describing file."""
+    (``model.csc_card``) so that :func:`csc_cli.save` can write a self-describing file."""
     import timm
 
     unknown = set(kwargs) - set(ALLOWED_MODEL_KWARGS)
@@ -48,31 +43,26 @@ def create_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Mo
                 "without a network, download them elsewhere and pass --weights FILE"
             ) from exc
         raise
-    model.csc_spec = {"arch": arch, "model_kwargs": dict(kwargs), "reparameterized": False,
-                      "identity_modules": [], "constructed_layers": []}
+    model.csc_card = ModelCard(arch=arch, model_kwargs=dict(kwargs))
+    return model
+
+
+def rebuild(card: ModelCard) -> nn.Module:
+    """The model a card describes (fresh weights): timm's ``arch`` with ``model_kwargs``, then the
+    edit log replayed through :func:`csc_cli.surgery.apply_edit` -- the function that made the
+    edits in :func:`build_model` and :func:`csc_cli.convert`. Raises ``ValueError`` (with the
+    edit that failed) when the log does not fit the architecture."""
+    model = create_model(card.arch, **card.model_kwargs)
+    for edit in card.edits:
+        apply_edit(model, edit)
+    model.csc_card = card
     return model
 
 
 def model_spec(model: nn.Module) -> Dict[str, Any]:
-    """How to rebuild ``model``'s architecture: the recorded spec, or one inferred from timm's
-    ``pretrained_cfg`` for models created by timm directly."""
-    spec: Optional[Dict[str, Any]] = getattr(model, "csc_spec", None)
-    if spec is not None:
-        return dict(spec)
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    arch = cfg.get("architecture")
-    if not arch:
-        raise ValueError(
-            f"cannot tell which architecture this {type(model).__name__} is: build it with "
-            "csc_cli.create_model(...) (or timm.create_model) so the model file can rebuild it"
-        )
-    kwargs: Dict[str, Any] = {}
-    if hasattr(model, "num_classes"):
-        kwargs["num_classes"] = int(model.num_classes)
-    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)) or hasattr(m, "geometry")), None)
-    if first is not None and getattr(first, "in_channels", 3) != 3:
-        kwargs["in_chans"] = int(first.in_channels)
-    return {"arch": arch, "model_kwargs": kwargs, "reparameterized": False, "identity_modules": []}
+    """``{"arch", "model_kwargs"}`` of ``model`` (see :func:`csc_cli.surgery.card_of`)."""
+    card = card_of(model)
+    return {"arch": card.arch, "model_kwargs": dict(card.model_kwargs)}
 
 
 # ----------------------------------------------------------------------------- CIFAR ResNets
@@ -188,9 +178,6 @@ def resnet20_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
     return _cifar_resnet("resnet20_cifar", (3, 3, 3), (16, 32, 64), pretrained, kwargs)
 
 
-ALLOWED_MODEL_KWARGS["shortcut"] = bool
-
-
 # ----------------------------------------------------------------------------- SDNet builder
 def _is_basic_resnet(model: nn.Module) -> bool:
     has_stem = all(hasattr(model, a) for a in ("conv1", "bn1", "act1"))
@@ -228,8 +215,7 @@ def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "ste
     convs. ``shortcut=False`` (CIFAR ResNets with ``csc='all'``) drops the additions and the
     projection shortcuts: a pure CSC+BN stack. Other timm ConvNets: 'stem' converts the first conv,
     'all' every conv (see :func:`csc_cli.convert`)."""
-    from .convert import convert, replace_module
-    from .layers import CSCConv2d
+    from .convert import convert
 
     if csc not in ("stem", "all", "none"):
         raise ValueError(f"csc must be 'stem', 'all' or 'none', got {csc!r}")
@@ -243,30 +229,22 @@ def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "ste
     model = create_model(arch, pretrained=pretrained, **kwargs)
     if csc == "none":
         return model
-    spec = model.csc_spec
     if not _is_basic_resnet(model):
-        if csc == "stem":
-            convert(model, "stem", **csc_options)
-        else:
-            convert(model, "all", **csc_options)
+        convert(model, "stem" if csc == "stem" else "all", **csc_options)
         return model
-    convert(model, ["conv1"], **csc_options)
-    replace_module(model, "act1", nn.Identity())
-    spec["identity_modules"].append("act1")
+    edit_model(model, to_csc_edit(model.conv1, "conv1", **csc_options))
+    edit_model(model, Edit("identity", "act1"))
     if csc == "all":
-        block_convs = [f"{name}.{c}" for name, m in model.named_modules() if isinstance(m, BasicBlock)
-                       for c in ("conv1", "conv2")]
-        convert(model, block_convs, **csc_options)
-        for name, m in list(model.named_modules()):
-            if isinstance(m, BasicBlock):
-                replace_module(model, f"{name}.act1", nn.Identity())
-                spec["identity_modules"].append(f"{name}.act1")
+        blocks = [name for name, m in model.named_modules() if isinstance(m, BasicBlock)]
+        for name in blocks:
+            for conv in ("conv1", "conv2"):
+                edit_model(model, to_csc_edit(model.get_submodule(f"{name}.{conv}"), f"{name}.{conv}", **csc_options))
+        for name in blocks:
+            edit_model(model, Edit("identity", f"{name}.act1"))
         pool = getattr(model, "maxpool", None)
         if isinstance(pool, nn.MaxPool2d):
             width = model.conv1.out_channels
-            weight = model.conv1.weight
-            layer = CSCConv2d(width, width, 3, stride=2, padding=1, device=weight.device, dtype=weight.dtype,
-                              **csc_options)
-            replace_module(model, "maxpool", layer)
-            spec.setdefault("constructed_layers", []).append("maxpool")
+            geometry = {"in_channels": width, "out_channels": width, "kernel_size": [3, 3], "stride": [2, 2],
+                        "padding": [1, 1], "dilation": [1, 1], "groups": 1, "bias": False, "padding_mode": "zeros"}
+            edit_model(model, Edit("new_csc", "maxpool", [], "CSCConv2d", geometry, dict(csc_options)))
     return model

@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 import csc_cli
 from csc_cli import CSCConv2d, convert
 from csc_cli.convert import calibrate_batchnorm, find_convs, output_distance
+from csc_cli.models import build_model
 from csc_cli.layers import CSCConvNd
 
 # (timm name, extra create_model kwargs, input size): one per family, small variants, no weights
@@ -37,6 +39,32 @@ PANEL = [
 ]
 
 
+def _module_types(model):
+    return [(n, type(m).__name__) for n, m in model.named_modules() if n != "csc_input"]
+
+
+def _replayed_edits(monkeypatch):
+    """Spy on the one surgery function, wherever it is called from (build, convert, load)."""
+    import csc_cli.models
+    import csc_cli.surgery
+
+    seen = []
+    real = csc_cli.surgery.apply_edit
+
+    def spy(model, edit):
+        seen.append(edit.to_dict())
+        return real(model, edit)
+
+    monkeypatch.setattr(csc_cli.surgery, "apply_edit", spy)
+    monkeypatch.setattr(csc_cli.models, "apply_edit", spy)
+    return seen
+
+
+SDNETS = [("sdnet18", dict(arch="resnet18_cifar", csc="stem")), ("sdnet18_all", dict(arch="resnet18_cifar", csc="all")),
+          ("sdnet18_all_no_shortcut", dict(arch="resnet18_cifar", csc="all", shortcut=False)),
+          ("resnet18_imagenet_all", dict(arch="resnet18", csc="all"))]
+
+
 def _all_bn_weights_to_one(model):
     # timm zero-initialises the last BN of residual branches, which makes the branch convs'
     # gradients exactly zero at init; give every BN a unit scale so "reaches" means non-zero
@@ -47,9 +75,13 @@ def _all_bn_weights_to_one(model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, kwargs, size", PANEL, ids=[p[0] for p in PANEL])
-def test_timm_panel_converts_all_layers(name, kwargs, size):
+def test_timm_panel_converts_all_layers(name, kwargs, size, tmp_path, monkeypatch):
+    """Every conv of each panel model is planned, replaced or skipped with a reason, reached by the
+    backward pass; and load(save(m)) replays the very edits convert applied (through the one
+    surgery function), rebuilding the same modules with identical outputs."""
+    seen = _replayed_edits(monkeypatch)
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=7, **kwargs)
+    model = csc_cli.create_model(name, num_classes=7, **kwargs)
     _all_bn_weights_to_one(model)
     x = torch.randn(2, 3, size, size)
     model.eval()
@@ -83,6 +115,7 @@ def test_timm_panel_converts_all_layers(name, kwargs, size):
         assert any("standardised" in e.reason for e in plan.replaced)
     if name == "nf_resnet26":  # timm zero-initialises each block's last conv
         assert any("re-initialised" in e.reason for e in plan.replaced)
+    _assert_round_trip(model, seen, x, tmp_path)
 
 
 def test_stem_and_globs_and_filters():
@@ -209,7 +242,7 @@ def test_save_load_round_trip_gives_identical_outputs(name, tmp_path):
         expected = model(x)
     path = csc_cli.save(model, tmp_path / "m.safetensors", class_names=list("abcdef"))
     loaded = csc_cli.load(path)
-    assert not loaded.training and loaded.csc_info["class_names"] == list("abcdef")
+    assert not loaded.training and loaded.csc_card.data.class_names == list("abcdef")
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
 
@@ -312,3 +345,52 @@ def test_cli_pretrained_offline_says_what_to_do(cli, monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     code, _, err = cli(["convert", "timm:resnet18", "--pretrained", "--dry-run"])
     assert code == 1 and "--weights FILE" in err
+
+
+def _assert_round_trip(model, seen, x, tmp_path):
+    built = list(seen)
+    assert built == [e.to_dict() for e in model.csc_card.edits] and any(e["op"] != "identity" for e in built)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    path = csc_cli.save(model, tmp_path / "m.safetensors")
+    seen.clear()
+    loaded = csc_cli.load(path)
+    # the same edits in the same order (options as the layers hold them at save time)
+    assert [{k: v for k, v in e.items() if k != "options"} for e in seen] == \
+        [{k: v for k, v in e.items() if k != "options"} for e in built]
+    assert _module_types(loaded) == _module_types(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kwargs", SDNETS, ids=[n for n, _ in SDNETS])
+def test_sdnets_load_replays_the_edits_that_built_them(name, kwargs, tmp_path, monkeypatch):
+    """SDNet-18, -All, -All without shortcuts and the ImageNet-layout -All (max-pool -> a new CSC
+    layer): load replays build_model's edits and gives identical outputs."""
+    seen = _replayed_edits(monkeypatch)
+    torch.manual_seed(0)
+    model = build_model(num_classes=6, lam=0.2, **kwargs)
+    x = torch.rand(2, 3, 32, 32)
+    model.train()
+    model(x)  # a training forward: step sizes estimated and stored
+    _assert_round_trip(model, seen, x, tmp_path)
+
+
+def test_checkpoint_has_no_surgery_of_its_own():
+    """Model files are rebuilt by models.rebuild -> surgery.apply_edit, nothing else: the loader
+    names none of the surgery tools, and there is one conv -> CSC constructor."""
+    import inspect
+
+    import csc_cli.checkpoint
+    import csc_cli.models
+
+    source = inspect.getsource(csc_cli.checkpoint)
+    for tool in ("replace_module", "csc_layer_for", "from_record", "CSCConv1d", "CSCConv2d", "reparameterize_model",
+                 "Identity(", "setattr("):
+        assert tool not in source, tool
+    assert "rebuild(card)" in source and "apply_edit(model, edit)" in inspect.getsource(csc_cli.models.rebuild)
+    for module in ("convert", "models", "layers", "jobs/convert", "jobs/train"):
+        text = (Path(csc_cli.__file__).parent / f"{module}.py").read_text()
+        assert "from_record(" not in text or module == "layers", module

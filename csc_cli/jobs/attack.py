@@ -21,7 +21,8 @@ import torch.nn as nn
 from .. import __version__
 from . import resolve_device
 from ..checkpoint import load
-from ..data import load_dataset
+from ..data.source import open_for_model
+from ..surgery import card_of
 from ..layers import csc_layers
 from ..robust.attacks import (
     ATTACKS, AUTOATTACK_PARAMETERS, GRADIENT_MODES, NORMS, RULE_MODES, DefendedModel, attacker_copy, canonical_norm,
@@ -195,18 +196,10 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = load(config.model, map_location=device).to(device).eval()
-    info = getattr(model, "csc_info", {})
-    norm = info.get("normalization")
-    if not norm or "mean" not in norm or "std" not in norm:
-        raise ValueError(f"{config.model} has no normalisation metadata: attacks need raw [0, 1] images and the "
-                         "model's own mean/std (save it with csc train, or csc_cli.save(..., normalization=...))")
-    dataset = config.dataset or info.get("dataset")
-    if not dataset:
-        raise ValueError("the model file does not say which dataset it was trained on: give DATASET")
-    test = load_dataset(dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    idx = torch.randperm(test.images.shape[0], generator=torch.Generator().manual_seed(config.seed))[: config.n]
-    idx = idx.sort().values
-    x, y = test.images[idx].to(device), test.labels[idx].to(device)
+    test = open_for_model(card_of(model), "test", config.dataset, config.data_dir)
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.seed))[: config.n].sort().values
+    x, y = test.take(idx)  # only the attacked examples are read (a folder split is never loaded whole)
+    x, y = x.to(device), y.to(device)
     diameter = math.sqrt(x[0].numel())
     if config.norm == "L2" and config.eps > diameter:
         raise ValueError(f"--eps {config.eps:g} exceeds the l_2 diameter of the image space ({diameter:.1f} for "
@@ -214,7 +207,7 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     has_csc = bool(csc_layers(model))
     policy = LambdaPolicy.parse(config.lam, config.lambda_scale, config.lambda_layers)
     lam_values, rule = policy.resolve(model)
-    defended = DefendedModel(model, norm["mean"], norm["std"], lam_values, rule)
+    defended = DefendedModel(model, lam_values, rule)
     modes = _modes_for(config, has_csc, rule is not None)
     runner = _Runner(config, defended, x, y, test.num_classes)
 
@@ -239,9 +232,9 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     robust_summary = _summary(worst)
     robust_summary["label"] = "per-example worst case over every attack and gradient mode"
 
-    sanity = _sanity_checks(config, runner, defended, attackers, survived, x, y, model, norm, emit) \
+    sanity = _sanity_checks(config, runner, defended, attackers, survived, x, y, model, emit) \
         if config.sanity else []
-    sweep = _lambda_sweep(config, model, norm, x, y, test.num_classes, modes, emit) if config.lambda_sweep else None
+    sweep = _lambda_sweep(config, model, x, y, test.num_classes, modes, emit) if config.lambda_sweep else None
     examples = _save_examples(config, x, adversarial, worst) if config.save_examples else None
     threat = {"norm": config.norm, "eps": config.eps, "eps_in_pixels": "raw [0, 1] images; the model normalises",
               "steps": config.steps, "alpha": runner.alpha, "restarts": config.restarts,
@@ -252,7 +245,7 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
         versions["torchattacks"] = torchattacks_version()
     except ImportError:
         versions["torchattacks"] = "not installed"
-    return AttackResult(model=config.model, dataset=dataset, n=int(x.shape[0]), threat=threat, clean=clean,
+    return AttackResult(model=config.model, dataset=test.name, n=int(x.shape[0]), threat=threat, clean=clean,
                         results=results, robust=robust_summary, sanity=sanity,
                         banner=_banner(model, modes, rule is not None), sweep=sweep, examples=examples,
                         versions=versions, config=asdict(config))
@@ -273,7 +266,7 @@ def _worst(survived: Dict[tuple, torch.Tensor], attacks) -> Optional[torch.Tenso
     return out
 
 
-def _sanity_checks(config, runner, defended, attackers, survived, x, y, model, norm, emit) -> List[Dict[str, Any]]:
+def _sanity_checks(config, runner, defended, attackers, survived, x, y, model, emit) -> List[Dict[str, Any]]:
     checks = []
     sub = x[: min(32, x.shape[0])]
     with torch.no_grad():
@@ -319,7 +312,7 @@ def _sanity_checks(config, runner, defended, attackers, survived, x, y, model, n
                         runner.bound_violations == 0 and runner.range_violations == 0,
                         f"{runner.bound_violations} over eps, {runner.range_violations} outside [0, 1]",
                         changed=runner.bound_violations + runner.range_violations, allowed=0))
-    checks.append(_base_check(config, model, norm, defended, runner, x[:n_sub], y[:n_sub]))
+    checks.append(_base_check(config, model, defended, runner, x[:n_sub], y[:n_sub]))
     zero = int(zero_gradient_mask(unrolled, x[:n_sub], y[:n_sub]).sum())
     checks.append(at_most("gradients are not zero", zero, n_sub, 0.01,
                           "examples with an exactly zero input gradient of the logit margin"))
@@ -327,15 +320,14 @@ def _sanity_checks(config, runner, defended, attackers, survived, x, y, model, n
     return checks
 
 
-def _base_check(config, model, norm, defended, runner, x, y) -> Dict[str, Any]:
+def _base_check(config, model, defended, runner, x, y) -> Dict[str, Any]:
     """The undefended base model should fall to near 0 at this eps, or the attack is too weak."""
     if config.baseline:
         base_model = load(config.baseline, map_location=x.device).eval()
-        b_norm = getattr(base_model, "csc_info", {}).get("normalization") or norm
-        base = DefendedModel(base_model, b_norm["mean"], b_norm["std"])
+        base = DefendedModel(base_model)
         label = f"baseline {config.baseline}"
     elif defended.lam_values or defended.rule is not None:
-        base = DefendedModel(model, norm["mean"], norm["std"])
+        base = DefendedModel(model)
         label = "the same model at its trained lambda"
     else:
         return check("undefended base model falls to near 0", None, "give --baseline (or a test-time lambda defence)")
@@ -345,14 +337,14 @@ def _base_check(config, model, norm, defended, runner, x, y) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- sweep and pictures
-def _lambda_sweep(config, model, norm, x, y, n_classes, modes, emit) -> List[Dict[str, Any]]:
+def _lambda_sweep(config, model, x, y, n_classes, modes, emit) -> List[Dict[str, Any]]:
     """Robust accuracy (PGD, worst case over the gradient modes) vs the first layer's lambda."""
     if not csc_layers(model):
         raise ValueError("this model has no CSC layer: --lambda-sweep does not apply")
     first = first_csc_layer(model)
     rows = []
     for i, lam in enumerate(config.lambda_sweep):
-        defended = DefendedModel(model, norm["mean"], norm["std"], {first: lam})
+        defended = DefendedModel(model, {first: lam})
         runner = _Runner(config, defended, x, y, n_classes)
         clean = runner.robust(x)
         worst = clean.clone()

@@ -12,8 +12,10 @@ import torch.nn as nn
 
 from ..checkpoint import load, save
 from ..convert import calibrate_batchnorm, convert, output_distance
-from ..data import NORMALIZATION, load_dataset
-from ..models import create_model, model_spec
+from ..data import NORMALIZATION
+from ..data.source import open_split
+from ..models import create_model
+from ..surgery import card_of, input_normalization, set_input_normalization
 
 
 @dataclass
@@ -104,22 +106,46 @@ def _build_source(config: ConvertConfig) -> nn.Module:
         if not hasattr(model, "reset_classifier"):
             raise ValueError("this model has no reset_classifier: --num-classes cannot change it")
         model.reset_classifier(config.num_classes)
-        spec = model_spec(model)
-        spec["model_kwargs"]["num_classes"] = config.num_classes
-        model.csc_spec = spec
+        card_of(model).model_kwargs["num_classes"] = config.num_classes
     return model
 
 
 def _calibration_images(config: ConvertConfig, model: nn.Module, n: int, split: str):
-    """Normalised images from the dataset, or seeded noise shaped like the model's input."""
+    """Raw [0, 1] images from the dataset (only the ``n`` drawn are read), or seeded uniform noise
+    shaped like the model's input."""
     gen = torch.Generator().manual_seed(config.seed)
     if config.data:
-        data = load_dataset(config.data, split, config.data_dir)
-        idx = torch.randperm(data.images.shape[0], generator=gen)[:n]
-        return data.normalize(data.images[idx]), f"{config.data} {split} ({len(idx)} images)", data
+        card = card_of(model)
+        size = card.data.input_size[-1] if card.data.input_size else None
+        data = open_split(config.data, split, config.data_dir, image_size=size, resize=card.data.resize)
+        idx = torch.randperm(len(data), generator=gen)[:n].sort().values
+        return data.take(idx)[0], f"{data.name} {split} ({len(idx)} images)", data
+    c, h, w = _input_size(model)
+    return torch.rand(n, c, h, w, generator=gen), f"seeded noise {c}x{h}x{w} ({n} images, no dataset given)", None
+
+
+def _input_size(model: nn.Module):
+    card = card_of(model)
+    if card.data.input_size:
+        return tuple(card.data.input_size)
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    c, h, w = cfg.get("input_size", (3, 224, 224))
-    return torch.randn(n, c, h, w, generator=gen), f"seeded noise {c}x{h}x{w} ({n} images, no dataset given)", None
+    return tuple(cfg.get("input_size", (3, 224, 224)))
+
+
+def _data_contract(config: ConvertConfig, model: nn.Module) -> None:
+    """The converted model's input contract: a loaded model keeps its own; a timm model gets its
+    pretrained_cfg's (or the --data dataset's) mean/std, so it takes [0, 1] images from here on."""
+    card = card_of(model)
+    if input_normalization(model) is not None:
+        return
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if config.data and config.data in NORMALIZATION:
+        mean, std = NORMALIZATION[config.data]
+    else:
+        mean, std = cfg.get("mean", NORMALIZATION["imagenet"][0]), cfg.get("std", NORMALIZATION["imagenet"][1])
+    set_input_normalization(model, mean, std)
+    if card.data.input_size is None:
+        card.update(input_size=[int(v) for v in cfg.get("input_size", (3, 224, 224))])
 
 
 def run_convert(config: ConvertConfig) -> ConvertResult:
@@ -132,7 +158,8 @@ def run_convert(config: ConvertConfig) -> ConvertResult:
     if config.weights is not None:
         load_weights(model, config.weights)
     before = _count(model)
-    arch = model_spec(model)["arch"]
+    arch = card_of(model).arch
+    _data_contract(config, model)
     original = None if config.dry_run else copy.deepcopy(model).eval()
     layers: Any = config.layers[0] if len(config.layers) == 1 and config.layers[0] in ("all", "stem") else config.layers
     model, plan = convert(model, layers, include=config.include, exclude=config.exclude,
@@ -153,13 +180,7 @@ def run_convert(config: ConvertConfig) -> ConvertResult:
         if config.out is not None:
             info: Dict[str, Any] = {"converted_from": config.source, "plan": plan.to_dict()["counts"]}
             if data is not None:
-                info.update(dataset=data.name, class_names=data.class_names,
-                            normalization={"mean": list(data.mean), "std": list(data.std)})
-            else:
-                cfg = getattr(model, "pretrained_cfg", None) or {}
-                mean, std = cfg.get("mean", NORMALIZATION["imagenet"][0]), cfg.get("std", NORMALIZATION["imagenet"][1])
-                info.update(normalization={"mean": list(mean), "std": list(std)},
-                            input_size=list(cfg.get("input_size", (3, 224, 224))))
+                info.update(dataset=data.name, class_names=data.class_names, input_size=list(data.input_size))
             out = str(save(model.eval(), config.out, **info))
     return ConvertResult(
         source=config.source,

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 
 from . import autocast as _amp_autocast, resolve_device
 from ..checkpoint import load, save
-from ..data import load_dataset
 from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
-from ..data.pipeline import normalize
+from ..data.source import open_for_model
+from ..surgery import card_of
 from ..robust.lam import LambdaPolicy, LambdaRule, first_csc_layer, lambda_override, reconstruction_error
 
 ProgressFn = Callable[[str, Dict[str, Any]], None]
+STREAMED_SAMPLE = 1000  # images held in memory for corruptions / sweeps of an image-file dataset
 
 
 @dataclass
@@ -77,14 +78,15 @@ class EvalResult:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, mean, std, device, batch_size: int = 256,
-            amp: str = "none") -> torch.Tensor:
-    """Logits (float32, CPU) of ``model`` (eval mode) on raw [0, 1] ``images``."""
+def predict(model: nn.Module, images, device, batch_size: int = 256, amp: str = "none") -> torch.Tensor:
+    """Logits (float32, CPU) of ``model`` (eval mode; it normalises its own input) on raw [0, 1]
+    ``images``: a tensor, or an iterable of ``(images, labels)`` batches (a streamed split)."""
+    if isinstance(images, torch.Tensor):
+        images = ((images[start : start + batch_size], None) for start in range(0, images.shape[0], batch_size))
     outs = []
-    for start in range(0, images.shape[0], batch_size):
-        x = normalize(images[start : start + batch_size].to(device), mean, std)
+    for x, _ in images:
         with _amp_autocast(device, amp):
-            outs.append(model(x).float().cpu())
+            outs.append(model(x.to(device)).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -151,7 +153,7 @@ def calibrated_path(config: EvalConfig) -> Path:
     return model if config.in_place else model.with_name(f"{model.stem}.calibrated.safetensors")
 
 
-def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, mean, std, device,
+def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
                      grid: List[float], emit: ProgressFn) -> Tuple[LambdaRule, Dict[str, Any]]:
     """Fit ``lambda = a * r + b`` on corrupted *training* images: for every noise level (clean and
     each calibration corruption at severities 1-5), the lambda of the grid with the best accuracy,
@@ -159,21 +161,20 @@ def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, mean, s
     layer_name = first_csc_layer(model)
     layer = dict(model.named_modules())[layer_name]
     reference = float(layer.lam)
-    train = load_dataset(dataset, "train", Path(config.data_dir) if config.data_dir else None)
+    train = open_for_model(card_of(model), "train", dataset, config.data_dir)
     gen = torch.Generator().manual_seed(config.seed + 1)
-    idx = torch.randperm(train.images.shape[0], generator=gen)[: config.calibration_images]
-    x, y = train.images[idx], train.labels[idx]
+    idx = torch.randperm(len(train), generator=gen)[: config.calibration_images]
+    x, y = train.take(idx)
     levels = [("clean", 0)] + [(c, s) for c in config.calibration_corruptions for s in range(1, 6)]
     rs, best, rows = [], [], []
     for i, (name, severity) in enumerate(levels):
         xc = x if severity == 0 else corrupt(x, name, severity, seed=config.seed + 7)
-        xn = normalize(xc.to(device), mean, std)
         with torch.no_grad():
-            r = float(_stem_input_error(model, layer, xn, reference))
+            r = float(_stem_input_error(model, layer, xc.to(device), reference))
         accs = []
         for lam in grid:
             with lambda_override(model, {layer_name: lam}):
-                accs.append(_accuracy(predict(model, xc, mean, std, device, config.batch_size, config.amp), y))
+                accs.append(_accuracy(predict(model, xc, device, config.batch_size, config.amp), y))
         pick = grid[int(np.argmax(accs))]
         rs.append(r)
         best.append(pick)
@@ -220,73 +221,68 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
     policy = LambdaPolicy.parse(config.lam, config.lambda_scale, config.lambda_layers)
     device = resolve_device(config.device)
     model = load(config.model, map_location=device).to(device).eval()
-    info = getattr(model, "csc_info", {})
-    dataset = config.dataset or info.get("dataset")
-    if not dataset:
-        raise ValueError("the model file does not say which dataset it was trained on: give DATASET")
-    norm = info.get("normalization") or {}
-    from ..data import NORMALIZATION
-
-    mean = tuple(norm.get("mean", NORMALIZATION.get(dataset, NORMALIZATION["imagenet"])[0]))
-    std = tuple(norm.get("std", NORMALIZATION.get(dataset, NORMALIZATION["imagenet"])[1]))
-    test = load_dataset(dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    images, labels = test.images, test.labels
-    if config.max_images and config.max_images < images.shape[0]:
-        idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(config.seed))[: config.max_images]
-        idx = idx.sort().values
-        images, labels = images[idx], labels[idx]
-    num_classes = test.num_classes
+    card = card_of(model)
+    dataset = config.dataset or card.data.dataset
+    test = open_for_model(card, "test", dataset, config.data_dir)
+    subset = test.sample(config.max_images, config.seed)
+    labels = test.labels(subset)
     notes: List[str] = []
+    needs_images = bool(corruptions or config.lambda_sweep)
+    images: Optional[torch.Tensor] = None
+    if needs_images:
+        if test.streamed and (subset is None or subset.numel() > STREAMED_SAMPLE):
+            subset = test.sample(STREAMED_SAMPLE, config.seed)
+            labels = test.labels(subset)
+            notes.append(f"{test.name} is read from image files: corruptions and sweeps use a seeded sample of "
+                         f"{STREAMED_SAMPLE} images (give --max-images for another size)")
+        images, labels = test.take(subset) if subset is not None else test.take(torch.arange(len(test)))
+    num_classes = test.num_classes
     grid = config.lambda_sweep
     if config.calibrate_lambda and not grid:
         grid = [round(0.1 * i, 2) for i in range(1, 15)]  # the authors' 0.1 .. 1.4
 
     calibration = None
     if config.calibrate_lambda:
-        rule, calibration = calibrate_lambda(model, config, dataset, mean, std, device, grid, emit)
-        info = dict(info)
-        info["lambda_rule"] = rule.to_dict()
-        save(model, target, **info)
-        model.csc_info = info
+        rule, calibration = calibrate_lambda(model, config, dataset, device, grid, emit)
+        card.lambda_rule = rule.to_dict()
+        save(model, target)
         calibration["written_to"] = str(target)
 
     baseline_model = load(config.baseline, map_location=device).to(device).eval() if config.baseline else None
 
     with policy.applied(model) as lam_info:
-        clean_logits = predict(model, images, mean, std, device, config.batch_size, config.amp)
+        source = images if images is not None else test.batches(config.batch_size, subset)
+        clean_logits = predict(model, source, device, config.batch_size, config.amp)
         clean = scores(clean_logits, labels, num_classes)
         clean["class_names"] = test.class_names
         emit("clean", clean)
 
         table = None
         if corruptions:
-            table = _corruption_table(model, corruptions, config, images, labels, mean, std, device, emit)
+            table = _corruption_table(model, corruptions, config, images, labels, device, emit)
             subs = sorted(set(corruptions) & set(SUBSTITUTES))
             if subs and not config.corruption_dir:
                 notes += [f"{n}: {SUBSTITUTES[n]}" for n in subs]
 
     baseline = None
     if baseline_model is not None and table is not None:
-        b_norm = getattr(baseline_model, "csc_info", {}).get("normalization") or {}
-        b_mean, b_std = tuple(b_norm.get("mean", mean)), tuple(b_norm.get("std", std))
-        b_clean = _accuracy(predict(baseline_model, images, b_mean, b_std, device, config.batch_size), labels)
-        b_table = _corruption_table(baseline_model, corruptions, config, images, labels, b_mean, b_std, device,
-                                    lambda k, i: None)
+        b_clean = _accuracy(predict(baseline_model, images, device, config.batch_size), labels)
+        b_table = _corruption_table(baseline_model, corruptions, config, images, labels, device, lambda k, i: None)
         baseline = _mce(table, b_table, clean["top1"], b_clean)
         baseline["model"] = config.baseline
 
-    if table is not None and not policy.auto and getattr(model, "csc_info", {}).get("lambda_rule"):
+    if table is not None and not policy.auto and card.lambda_rule:
         with LambdaPolicy(auto=True).applied(model):
-            auto = _corruption_table(model, corruptions, config, images, labels, mean, std, device, lambda k, i: None)
-            auto_clean = _accuracy(predict(model, images, mean, std, device, config.batch_size, config.amp), labels)
+            auto = _corruption_table(model, corruptions, config, images, labels, device, lambda k, i: None)
+            auto_clean = _accuracy(predict(model, images, device, config.batch_size, config.amp), labels)
         table["auto"] = {"clean": auto_clean, "accuracy": auto["accuracy"], "mean": auto["mean"],
                          "label": "auto: lambda = a * r(x) + b per input, fitted on corrupted training images"}
     sweep = None
     if grid and (config.lambda_sweep or corruptions):
-        sweep = _sweep(model, grid, corruptions, config, images, labels, mean, std, device, emit)
+        sweep = _sweep(model, grid, corruptions, config, images, labels, device, emit)
         if table is not None:
             table["oracle"] = sweep["oracle"]
-    return EvalResult(model=config.model, dataset=dataset, images=int(images.shape[0]), clean=clean, lam=lam_info,
+    return EvalResult(model=config.model, dataset=test.name, images=int(labels.numel()), clean=clean, lam=lam_info,
                       corruptions=table, sweep=sweep, calibration=calibration, baseline=baseline, notes=notes)
 
 
@@ -296,7 +292,7 @@ def _corrupted(name: str, severity: int, config: EvalConfig, images, labels):
     return corrupt(images, name, severity, seed=config.seed), labels
 
 
-def _corruption_table(model, corruptions, config, images, labels, mean, std, device, emit) -> Dict[str, Any]:
+def _corruption_table(model, corruptions, config, images, labels, device, emit) -> Dict[str, Any]:
     acc: Dict[str, Dict[str, float]] = {}
     total = len(corruptions) * len(config.severities)
     done = 0
@@ -304,7 +300,7 @@ def _corruption_table(model, corruptions, config, images, labels, mean, std, dev
         acc[name] = {}
         for severity in config.severities:
             x, y = _corrupted(name, severity, config, images, labels)
-            acc[name][str(severity)] = _accuracy(predict(model, x, mean, std, device, config.batch_size, config.amp), y)
+            acc[name][str(severity)] = _accuracy(predict(model, x, device, config.batch_size, config.amp), y)
             done += 1
             emit("corruption", {"done": done, "total": total, "name": name, "severity": severity})
     means = {n: float(np.mean(list(v.values()))) for n, v in acc.items()}
@@ -329,7 +325,7 @@ def _mce(table, base, clean_acc, base_clean) -> Dict[str, Any]:
             "baseline_mean_accuracy": base["mean_accuracy"]}
 
 
-def _sweep(model, grid, corruptions, config, images, labels, mean, std, device, emit) -> Dict[str, Any]:
+def _sweep(model, grid, corruptions, config, images, labels, device, emit) -> Dict[str, Any]:
     """Accuracy for each lambda of the grid (first CSC layer) on clean data and every corruption
     level; the best lambda per level is the 'oracle' (chosen on the test data)."""
     layer_name = first_csc_layer(model)
@@ -343,10 +339,10 @@ def _sweep(model, grid, corruptions, config, images, labels, mean, std, device, 
         accs = []
         for lam in grid:
             with lambda_override(model, {layer_name: lam}):
-                accs.append(_accuracy(predict(model, x, mean, std, device, config.batch_size, config.amp), y))
+                accs.append(_accuracy(predict(model, x, device, config.batch_size, config.amp), y))
         curves.setdefault(name, {})[str(severity)] = accs
-        xn = normalize(x[: min(256, x.shape[0])].to(device), mean, std)
-        r_levels.setdefault(name, {})[str(severity)] = float(_stem_input_error(model, layer, xn, trained))
+        xs = x[: min(256, x.shape[0])].to(device)
+        r_levels.setdefault(name, {})[str(severity)] = float(_stem_input_error(model, layer, xs, trained))
         emit("sweep", {"done": i + 1, "total": len(levels)})
     oracle_acc = {n: {s: max(v) for s, v in per.items()} for n, per in curves.items() if n != "clean"}
     oracle_lam = {n: {s: grid[int(np.argmax(v))] for s, v in per.items()} for n, per in curves.items()}

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import load
 from ..core import lasso_terms
-from ..data import NORMALIZATION, load_dataset
-from ..data.pipeline import normalize
+from ..data.source import open_for_model
+from ..surgery import card_of
 from ..layers import CSCConvNd, csc_layers
 from ..robust.lam import lambda_override
 
@@ -135,11 +135,11 @@ def atom_images(layer_weight: torch.Tensor, max_atoms: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- data
 def _load_images(config: InspectConfig, model: nn.Module) -> Tuple[torch.Tensor, str]:
-    info = getattr(model, "csc_info", {})
+    card = card_of(model)
     if config.image_files:
         from PIL import Image, UnidentifiedImageError
 
-        c, h, w = (info.get("input_size") or [3, 32, 32])[-3:]
+        c, h, w = (list(card.data.input_size) if card.data.input_size else [3, 32, 32])[-3:]
         tensors = []
         for file in config.image_files:
             try:
@@ -151,12 +151,11 @@ def _load_images(config: InspectConfig, model: nn.Module) -> Tuple[torch.Tensor,
             t = torch.from_numpy(arr)
             tensors.append(t.permute(2, 0, 1) if t.dim() == 3 else t.unsqueeze(0))
         return torch.stack(tensors), f"{len(tensors)} image file(s)"
-    dataset = config.dataset or info.get("dataset")
-    if not dataset:
+    if not (config.dataset or card.data.dataset):
         raise ValueError("give --data DATASET or --image FILE (the model file does not name its dataset)")
-    data = load_dataset(dataset, "test", Path(config.data_dir) if config.data_dir else None)
-    idx = torch.randperm(data.images.shape[0], generator=torch.Generator().manual_seed(config.seed))[: config.images]
-    return data.images[idx.sort().values], f"{len(idx)} {dataset} test images"
+    data = open_for_model(card, "test", config.dataset, config.data_dir)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[: config.images]
+    return data.take(idx.sort().values)[0], f"{len(idx)} {data.name} test images"
 
 
 def _capture(model: nn.Module, layers: Dict[str, CSCConvNd], x: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
@@ -182,7 +181,7 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
     emit = progress or (lambda kind, info: None)
     torch.manual_seed(config.seed)
     model = load(config.model).eval()
-    info = getattr(model, "csc_info", {})
+    model_card = card_of(model)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a directory")
@@ -197,12 +196,11 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
         layers = all_csc
     notes: List[str] = []
     written: List[str] = []
-    spec = getattr(model, "csc_spec", {})
-    card = {"arch": spec.get("arch"), "parameters": sum(p.numel() for p in model.parameters()),
+    card = {"arch": model_card.arch, "parameters": sum(p.numel() for p in model.parameters()),
             "csc_layers": [layer_card(n, m) for n, m in layers.items()],
             "convs": sum(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()),
-            "training": info.get("training"), "dataset": info.get("dataset"),
-            "normalization": info.get("normalization"), "lambda_rule": info.get("lambda_rule")}
+            "training": model_card.training, "dataset": model_card.data.dataset,
+            "normalization": model_card.data.normalization, "lambda_rule": model_card.lambda_rule}
     emit("card", card)
 
     # atoms
@@ -233,12 +231,10 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
         return InspectResult(config.model, card, atoms, None, None, None, None, None, written, notes)
 
     raw, described = _load_images(config, model)
-    norm = info.get("normalization") or {}
-    dataset = config.dataset or info.get("dataset") or "imagenet"
-    default = NORMALIZATION.get(dataset, NORMALIZATION["imagenet"])
-    mean, std = norm.get("mean", default[0]), norm.get("std", default[1])
-    x = normalize(raw, mean, std)
-    captured = _capture(model, layers, x)
+    # the model normalises its own input; pictures of a CSC layer's input undo that normalisation
+    own = model_card.data.normalization or {"mean": [0.0] * raw.shape[1], "std": [1.0] * raw.shape[1]}
+    mean, std = own["mean"], own["std"]
+    captured = _capture(model, layers, raw)
 
     # codes
     codes: Dict[str, Any] = {"images": described, "layers": {}}
@@ -264,7 +260,7 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
     for scale in config.lambda_scales:
         values = {n: float(m.lam) * scale for n, m in layers.items()}
         with lambda_override(model, values):
-            got = _capture(model, layers, x)
+            got = _capture(model, layers, raw)
         for name, (_, z) in got.items():
             sweep["layers"].setdefault(name, []).append(float((z != 0).float().mean()))
     path = out / "sparsity_vs_lambda.png"

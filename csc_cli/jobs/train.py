@@ -27,10 +27,11 @@ from .. import __version__
 from . import autocast as _amp_autocast, resolve_device
 from ..checkpoint import load, load_state, save, save_state
 from ..core import lasso_terms
-from ..data import NORMALIZATION, load_dataset
-from ..data.pipeline import Batches, default_augment, default_pad, normalize, split_holdout
+from ..data import load_dataset
+from ..data.pipeline import Batches, default_augment, default_pad, split_holdout
 from ..layers import csc_layers
-from ..models import build_model, model_spec, resolve_arch
+from ..models import build_model, resolve_arch
+from ..surgery import card_of, set_input_normalization
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -190,7 +191,7 @@ def csc_layer_stats(model: nn.Module, images: torch.Tensor) -> Dict[str, Dict[st
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, mean, std, device, amp: str = "none",
+def evaluate(model: nn.Module, batches: Batches, device, amp: str = "none",
              channels_last: bool = False) -> Dict[str, float]:
     """Top-1 accuracy and mean cross-entropy on ``batches`` (eval mode)."""
     was_training = model.training
@@ -199,7 +200,7 @@ def evaluate(model: nn.Module, batches: Batches, mean, std, device, amp: str = "
     loss_sum = 0.0
     try:
         for x, y in batches.epoch(0):
-            x = normalize(x.to(device), mean, std)
+            x = x.to(device)  # raw [0, 1]: the model normalises its own input
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device)
@@ -350,14 +351,13 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
         model = load(config.init)
         if getattr(model, "num_classes", data.num_classes) != data.num_classes:
             model.reset_classifier(data.num_classes)
-            spec = model_spec(model)
-            spec["model_kwargs"]["num_classes"] = data.num_classes
-            model.csc_spec = spec
+            card_of(model).model_kwargs["num_classes"] = data.num_classes
     else:
         arch, arch_note = resolve_arch(config.arch, min(data.input_size[1:]))
         notes += [arch_note] if arch_note else []
         model = build_model(arch, data.num_classes, csc=config.csc, shortcut=config.shortcut,
                             in_chans=in_chans if in_chans != 3 else None, **csc_options)
+    set_input_normalization(model, mean, std)  # the model takes raw [0, 1] images, here and once saved
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -379,9 +379,9 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     resumed_from = None
     if config.resume:
         tensors, meta = load_state(config.resume)
-        if meta.get("arch") != model_spec(model)["arch"] or meta.get("csc") != config.csc:
+        if meta.get("arch") != card_of(model).arch or meta.get("csc") != config.csc:
             raise ValueError(f"{config.resume} is the state of a {meta.get('arch')} (csc={meta.get('csc')}) run, "
-                             f"not of {model_spec(model)['arch']} (csc={config.csc})")
+                             f"not of {card_of(model).arch} (csc={config.csc})")
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(model_state, strict=True)
         _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()}, meta["optimizer"])
@@ -414,7 +414,7 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
                 tensors[f"power.{layer_name}"] = warm["vector"]
                 tensors[f"power_atoms.{layer_name}"] = warm["atoms"]
                 power_sizes[layer_name] = warm["size"].tolist()
-        meta = {"epoch": epoch, "batch": batch, "step": step, "arch": model_spec(model)["arch"], "csc": config.csc,
+        meta = {"epoch": epoch, "batch": batch, "step": step, "arch": card_of(model).arch, "csc": config.csc,
                 "optimizer": opt_meta, "history": history, "best": best, "config": asdict(config),
                 "power_sizes": power_sizes}
         save_state(out / "state.safetensors", tensors, meta)
@@ -422,13 +422,11 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     if dist.is_writer:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**asdict(config), "csc_version": __version__}, indent=2))
-    info = {"dataset": config.dataset, "class_names": data.class_names,
-            "normalization": {"mean": list(mean), "std": list(std)},
-            "input_size": list(data.input_size)}
-    probe = normalize(data.probe, mean, std).to(device)
+    info = {"dataset": config.dataset, "class_names": data.class_names, "input_size": list(data.input_size)}
+    probe = data.probe.to(device)
     emit("start", {"parameters": parameters, "steps_per_epoch": steps_per_epoch, "epochs": config.epochs,
                    "device": str(device), "start_epoch": start_epoch, "train_images": data.train_images,
-                   "arch": model_spec(model)["arch"], "notes": notes})
+                   "arch": card_of(model).arch, "notes": notes})
     started = time.perf_counter()
 
     for epoch in range(start_epoch, config.epochs):
@@ -441,7 +439,7 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
         for b, (x, y) in enumerate(train_batches.epoch(epoch, first_batch), start=first_batch):
             if b >= steps_per_epoch:
                 break
-            x = normalize(x.to(device, non_blocking=True), mean, std)
+            x = x.to(device, non_blocking=True)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
@@ -485,14 +483,14 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
         if ema is not None:
             _refresh_steps_like(ema, model)
             eval_model = ema
-        test = evaluate(eval_model, test_batches, mean, std, device, config.amp, config.channels_last)
+        test = evaluate(eval_model, test_batches, device, config.amp, config.channels_last)
         row: Dict[str, Any] = {
             "epoch": epoch + 1, "lr": lr_at(config, max(step - 1, 0), steps_per_epoch),
             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test["loss"], "test_acc": test["acc"],
             "images_per_s": totals[2] / max(elapsed, 1e-9), "seconds": elapsed,
         }
         if val_batches is not None:
-            val = evaluate(eval_model, val_batches, mean, std, device, config.amp, config.channels_last)
+            val = evaluate(eval_model, val_batches, device, config.amp, config.channels_last)
             row.update(val_loss=val["loss"], val_acc=val["acc"])
         row["csc_layers"] = csc_layer_stats(eval_model, probe)
         history.append(row)
@@ -509,7 +507,7 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
 
     seconds = time.perf_counter() - started
     last = dict(history[-1]) if history else {}
-    summary = {"arch": model_spec(model)["arch"], "csc": config.csc, "epochs": config.epochs,
+    summary = {"arch": card_of(model).arch, "csc": config.csc, "epochs": config.epochs,
                "last_test_acc": last.get("test_acc"), "selected": config.select, "best": best,
                "seconds": seconds}
     final_model = ema if ema is not None else model
@@ -524,7 +522,7 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     emit("done", {"seconds": seconds})
     return TrainResult(out=str(out), model_path=str(model_path), epochs=config.epochs, last=last, best=best,
                        history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=resumed_from,
-                       arch=model_spec(model)["arch"], notes=notes)
+                       arch=card_of(model).arch, notes=notes)
 
 
 def _write_summary(path: Path, history: List[Dict[str, Any]]) -> None:

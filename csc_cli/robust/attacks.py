@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.pipeline import normalize
 from ..layers import CSCConvNd
 from .lam import LambdaRule, lambda_override, reconstruction_error  # noqa: F401 (re-export)
 from .stats import wilson_interval  # noqa: F401 (re-export)
@@ -65,14 +64,14 @@ def canonical_norm(name: str) -> str:
 
 # ----------------------------------------------------------------------------- models
 class DefendedModel(nn.Module):
-    """A model file's network taking raw [0, 1] images: it normalises them itself and applies its
-    test-time lambda (fixed values, or a per-input rule) on every forward."""
+    """A loaded model (which takes raw [0, 1] images: its normalisation is part of it) as deployed:
+    BatchNorm on running statistics and its test-time lambda (fixed values, or a per-input rule)
+    applied on every forward."""
 
-    def __init__(self, model: nn.Module, mean, std, lam_values: Optional[Dict[str, float]] = None,
+    def __init__(self, model: nn.Module, lam_values: Optional[Dict[str, float]] = None,
                  rule: Optional[LambdaRule] = None, rule_gradient: bool = False):
         super().__init__()
         self.model = model
-        self.mean, self.std = tuple(mean), tuple(std)
         self.lam_values = dict(lam_values or {})
         self.rule = rule
         self.rule_gradient = rule_gradient
@@ -84,7 +83,6 @@ class DefendedModel(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = normalize(x, self.mean, self.std)
         with lambda_override(self.model, self.lam_values), self._rule():
             return self.model(x)
 
