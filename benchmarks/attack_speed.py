@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from csc_cli.models import build_model
+from csc_cli.surgery import set_input_normalization
 from csc_cli.robust.attacks import DefendedModel, library_attack, pgd
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -47,15 +48,15 @@ def main() -> None:
 
         for name, path in zip(("ResNet-18", "SDNet-18"), args.models):
             model = csc_cli.load(path).to(device)
-            norm = model.csc_info["normalization"]
-            models[name] = DefendedModel(model, norm["mean"], norm["std"])
-        test = load_dataset(model.csc_info["dataset"], "test", args.data_dir)
+            models[name] = DefendedModel(model)  # a loaded model normalises its own input
+        test = load_dataset(model.csc_card.data.dataset, "test", args.data_dir)
         x = test.images[: args.n].to(device)
     else:
         x = torch.rand(args.n, 3, 32, 32, generator=gen).to(device)
         for name, csc in (("ResNet-18", "none"), ("SDNet-18", "stem")):
             torch.manual_seed(0)
-            models[name] = DefendedModel(build_model("resnet18_cifar", 10, csc=csc).to(device).eval(), MEAN, STD)
+            model = set_input_normalization(build_model("resnet18_cifar", 10, csc=csc), MEAN, STD)
+            models[name] = DefendedModel(model.to(device).eval())
     for name, defended in models.items():
         with torch.no_grad():
             y = defended(x).argmax(1)  # attack the model's own predictions: every example starts correct

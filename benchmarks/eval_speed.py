@@ -20,6 +20,7 @@ from rich.table import Table
 from csc_cli.data.corruptions import corrupt
 from csc_cli.jobs.evaluate import predict
 from csc_cli.models import build_model
+from csc_cli.surgery import set_input_normalization
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -35,14 +36,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     images = torch.rand(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    models = {name: build_model("resnet18_cifar", 10, csc=csc).to(device).eval()
+    models = {name: set_input_normalization(build_model("resnet18_cifar", 10, csc=csc), MEAN, STD).to(device).eval()
               for name, csc in (("ResNet-18", "none"), ("SDNet-18", "stem"))}
     for m in models.values():
-        predict(m, images[:8], MEAN, STD, device)  # warm-up (and the eval step-size estimate)
+        predict(m, images[:8], device)  # warm-up (and the eval step-size estimate)
     jobs = {}
     for name, m in models.items():
-        jobs[(name, "clean")] = lambda m=m: predict(m, images, MEAN, STD, device)
-        jobs[(name, "gaussian_noise s5")] = lambda m=m: predict(m, corrupt(images, "gaussian_noise", 5), MEAN, STD, device)
+        jobs[(name, "clean")] = lambda m=m: predict(m, images, device)
+        jobs[(name, "gaussian_noise s5")] = lambda m=m: predict(m, corrupt(images, "gaussian_noise", 5), device)
     times = {k: [] for k in jobs}
     for _ in range(args.repeats):
         for key, job in jobs.items():

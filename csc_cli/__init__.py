@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 from .layers import CSC_OPTION_DEFAULTS, CSCConv1d, CSCConv2d, CSCConvNd, csc_layers  # noqa: E402
 from .convert import ConversionPlan, convert  # noqa: E402
 from .models import build_model, create_model  # noqa: E402
-from .checkpoint import ModelFileError, load, read_metadata, save  # noqa: E402
+from .card import ModelCard  # noqa: E402
+from .checkpoint import ModelFileError, load, read_card, read_metadata, save  # noqa: E402
+from .surgery import set_input_normalization  # noqa: E402
 
 __all__ = [
     "CSCConv1d",
@@ -19,13 +21,16 @@ __all__ = [
     "CSCConvNd",
     "CSC_OPTION_DEFAULTS",
     "ConversionPlan",
+    "ModelCard",
     "ModelFileError",
     "build_model",
     "convert",
     "create_model",
     "csc_layers",
     "load",
+    "read_card",
     "read_metadata",
     "save",
+    "set_input_normalization",
     "__version__",
 ]

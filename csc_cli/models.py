@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch.nn as nn
 
 from .card import ALLOWED_MODEL_KWARGS, Edit, ModelCard
+from .convert import convert
 from .surgery import apply_edit, card_of, edit_model, to_csc_edit
 
 __all__ = ["create_model", "build_model", "rebuild", "model_spec", "resolve_arch", "ALLOWED_MODEL_KWARGS",
@@ -215,8 +216,6 @@ def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "ste
     convs. ``shortcut=False`` (CIFAR ResNets with ``csc='all'``) drops the additions and the
     projection shortcuts: a pure CSC+BN stack. Other timm ConvNets: 'stem' converts the first conv,
     'all' every conv (see :func:`csc_cli.convert`)."""
-    from .convert import convert
-
     if csc not in ("stem", "all", "none"):
         raise ValueError(f"csc must be 'stem', 'all' or 'none', got {csc!r}")
     kwargs: Dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}

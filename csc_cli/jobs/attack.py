@@ -196,6 +196,10 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = load(config.model, map_location=device).to(device).eval()
+    if card_of(model).data.mean is None:
+        raise ValueError(f"{config.model} has no normalisation metadata: attacks need raw [0, 1] images and a model "
+                         "that normalises them (save it with csc train, or csc_cli.save(..., normalization=...); "
+                         "mean 0 and std 1 for a model that takes [0, 1] images as they are)")
     test = open_for_model(card_of(model), "test", config.dataset, config.data_dir)
     idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.seed))[: config.n].sort().values
     x, y = test.take(idx)  # only the attacked examples are read (a folder split is never loaded whole)

@@ -81,10 +81,11 @@ class EvalResult:
 def predict(model: nn.Module, images, device, batch_size: int = 256, amp: str = "none") -> torch.Tensor:
     """Logits (float32, CPU) of ``model`` (eval mode; it normalises its own input) on raw [0, 1]
     ``images``: a tensor, or an iterable of ``(images, labels)`` batches (a streamed split)."""
+    batches = images
     if isinstance(images, torch.Tensor):
-        images = ((images[start : start + batch_size], None) for start in range(0, images.shape[0], batch_size))
+        batches = ((images[start : start + batch_size], None) for start in range(0, images.shape[0], batch_size))
     outs = []
-    for x, _ in images:
+    for x, _ in batches:
         with _amp_autocast(device, amp):
             outs.append(model(x.to(device)).float().cpu())
     return torch.cat(outs) if outs else torch.zeros(0)

@@ -188,7 +188,8 @@ class LambdaPolicy:
         if not trained:
             raise ValueError("this model has no CSC layer: --lambda and --lambda-scale do not apply")
         if self.auto:
-            data = getattr(model, "csc_info", {}).get("lambda_rule")
+            card = getattr(model, "csc_card", None)
+            data = card.lambda_rule if card is not None else None
             if data is None:
                 raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` "
                                  "and use the MODEL.calibrated.safetensors it writes")

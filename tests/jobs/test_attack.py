@@ -98,8 +98,7 @@ def _assert_pgd_agrees(defended, x, y, eps, alpha, steps, label):
 def test_our_pgd_agrees_with_torchattacks_pgd(sdnet):
     """The same PGD (eps, steps, alpha, random start) from an independent implementation."""
     model = csc_cli.load(sdnet)
-    norm = model.csc_info["normalization"]
-    defended = DefendedModel(model, norm["mean"], norm["std"])
+    defended = DefendedModel(model)
     from csc_cli.data import load_dataset
 
     test = load_dataset("digits", "test")
@@ -116,8 +115,7 @@ def test_eps_zero_is_clean_accuracy_and_bounds_hold(sdnet):
 
 def test_gradient_modes_differ_only_in_the_backward_where_they_should(sdnet):
     model = csc_cli.load(sdnet)
-    norm = model.csc_info["normalization"]
-    d = DefendedModel(model, norm["mean"], norm["std"])
+    d = DefendedModel(model)
     x = torch.rand(4, 1, 16, 16)
     y = torch.arange(4)
     with torch.no_grad():
@@ -263,8 +261,7 @@ def test_pgd_agrees_with_torchattacks_on_cifar10_mini(cifar_mini_models):
     from tests.conftest import CIFAR_MINI
 
     model = csc_cli.load(cifar_mini_models["stem"].model_path)
-    norm = model.csc_info["normalization"]
-    defended = DefendedModel(model, norm["mean"], norm["std"])
+    defended = DefendedModel(model)
     test = load_dataset("cifar10", "test", CIFAR_MINI)
     _assert_pgd_agrees(defended, test.images[:200], test.labels[:200], 2 / 255, 0.5 / 255, 10,
                        "cifar10-mini SDNet, PGD-10 eps 2/255")

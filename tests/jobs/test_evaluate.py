@@ -89,7 +89,7 @@ def test_calibrated_rule_round_trips_through_the_model_file(digits_model, tmp_pa
     cal = r.calibration
     assert len(cal["levels"]) == 6 and cal["written_to"] == str(target)
     assert [lv["severity"] for lv in cal["levels"]] == [0, 1, 2, 3, 4, 5]
-    stored = LambdaRule.from_dict(csc_cli.load(target).csc_info["lambda_rule"])
+    stored = LambdaRule.from_dict(csc_cli.load(target).csc_card.lambda_rule)
     assert (stored.a, stored.b, stored.layer) == (pytest.approx(cal["a"]), pytest.approx(cal["b"]), "conv1")
     auto = run_eval(EvalConfig(model=str(target), lam="auto", corruptions=["gaussian_noise"], severities=[5],
                                max_images=100))
@@ -169,12 +169,11 @@ def test_error_grows_with_severity_on_a_fixed_model(cifar_mini_models):
     from tests.conftest import CIFAR_MINI
 
     model = csc_cli.load(cifar_mini_models["stem"].model_path)
-    norm = model.csc_info["normalization"]
     images = load_dataset("cifar10", "test", CIFAR_MINI).images[:400]
-    clean = predict(model, images, norm["mean"], norm["std"], torch.device("cpu")).argmax(1)
+    clean = predict(model, images, torch.device("cpu")).argmax(1)
     flips = {}
     for name in ALL:
-        flips[name] = [float((predict(model, corrupt(images, name, s), norm["mean"], norm["std"],
+        flips[name] = [float((predict(model, corrupt(images, name, s),
                                       torch.device("cpu")).argmax(1) != clean).float().mean()) for s in (1, 5)]
     print({n: [round(v, 3) for v in f] for n, f in flips.items()})
     worse = {n: f for n, f in flips.items() if f[1] <= f[0]}
@@ -196,9 +195,9 @@ def test_calibration_never_rewrites_the_model_it_evaluates(digits_model, tmp_pat
     written = tmp_path / "m.calibrated.safetensors"
     assert model.read_bytes() == before
     assert json.loads(out)["calibration"]["written_to"] == str(written)
-    assert "lambda_rule" in csc_cli.load(written).csc_info and "lambda_rule" not in csc_cli.load(model).csc_info
+    assert csc_cli.load(written).csc_card.lambda_rule and csc_cli.load(model).csc_card.lambda_rule is None
     code, _, err = cli(args + ["--in-place", "--out", str(tmp_path / "x.safetensors")])
     assert code == 1 and "either --out or --in-place" in err
     code, _, err = cli(args + ["--in-place"])
     assert code == 0, err
-    assert model.read_bytes() != before and "lambda_rule" in csc_cli.load(model).csc_info
+    assert model.read_bytes() != before and csc_cli.load(model).csc_card.lambda_rule

@@ -59,11 +59,11 @@ def test_default_run_learns_digits_and_the_model_file_restores_it(tmp_path):
     assert (tmp_path / "run" / "summary.csv").read_text().count("\n") == 13
     model = csc_cli.load(result.model_path)
     test = load_dataset("digits", "test")
-    info = model.csc_info
-    acc = evaluate(model, Batches(test.images, test.labels, 256), info["normalization"]["mean"],
-                   info["normalization"]["std"], torch.device("cpu"))["acc"]
+    card = model.csc_card
+    assert card.data.dataset == "digits" and card.data.normalization is not None  # the model normalises itself
+    acc = evaluate(model, Batches(test.images, test.labels, 256), torch.device("cpu"))["acc"]
     assert acc == pytest.approx(result.last["test_acc"], abs=1e-9)
-    assert info["training"]["last_test_acc"] == pytest.approx(result.last["test_acc"])
+    assert card.training["last_test_acc"] == pytest.approx(result.last["test_acc"])
 
 
 @pytest.mark.slow
@@ -252,10 +252,27 @@ def test_fine_tune_a_converted_model(tmp_path, cli):
     assert code == 0, err
     result = run_train(TrainConfig(dataset="fake", init=str(target), epochs=1, max_batches=2, out=str(tmp_path / "ft")))
     tuned = csc_cli.load(result.model_path)
-    assert type(tuned.conv1).__name__ == "CSCConv2d" and tuned.csc_info["dataset"] == "fake"
+    assert type(tuned.conv1).__name__ == "CSCConv2d" and tuned.csc_card.data.dataset == "fake"
 
 
 @pytest.mark.slow
 def test_compiled_training_runs(tmp_path):
     result = run_train(TrainConfig(epochs=1, max_batches=3, compile=True, out=str(tmp_path / "c")))
     assert torch.isfinite(torch.tensor(result.last["train_loss"]))
+
+
+@pytest.mark.slow
+def test_cli_resnet18_on_cifar_is_sdnet18_of_the_paper(cli, tmp_path):
+    """`csc train cifar10 --arch resnet18 --epochs 1 --max-batches 1` builds the CIFAR layout
+    (PAPER.md: SDNet-18 has 11,173,962 parameters on CIFAR-10), says so, and the model file it
+    writes rebuilds that architecture."""
+    from tests.conftest import CIFAR_MINI
+
+    code, out, err = cli(["train", "cifar10", "--data-dir", str(CIFAR_MINI), "--arch", "resnet18", "--epochs", "1",
+                          "--max-batches", "1", "--batch-size", "32", "--out", str(tmp_path / "r18"), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["parameters"] == 11_173_962 and result["arch"] == "resnet18_cifar"
+    assert any("timm:resnet18" in note for note in result["notes"])
+    model = csc_cli.load(result["model_path"])
+    assert model.csc_card.arch == "resnet18_cifar" and sum(p.numel() for p in model.parameters()) == 11_173_962

@@ -68,7 +68,7 @@ def test_auto_reads_the_stored_rule_and_refuses_without_one(all_csc):
     with pytest.raises(ValueError, match="--calibrate-lambda"):
         LambdaPolicy.parse("auto").resolve(all_csc)
     rule = LambdaRule("conv1", a=2.0, b=0.1, reference_lam=0.1)
-    all_csc.csc_info = {"lambda_rule": rule.to_dict()}
+    all_csc.csc_card.lambda_rule = rule.to_dict()
     try:
         values, got = LambdaPolicy.parse("auto").resolve(all_csc)
         assert values == {} and got == rule
@@ -81,7 +81,7 @@ def test_auto_reads_the_stored_rule_and_refuses_without_one(all_csc):
             manual = torch.cat([_with_lam(all_csc, float(v), x[i : i + 1]) for i, v in enumerate(lam)])
         torch.testing.assert_close(auto, manual, rtol=1e-4, atol=1e-5)
     finally:
-        del all_csc.csc_info
+        all_csc.csc_card.lambda_rule = None
 
 
 def _with_lam(model, lam, x):
