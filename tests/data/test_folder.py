@@ -2,23 +2,15 @@
 
 import pytest
 import torch
-from torchvision.utils import save_image
 
 from csc_cli.data.folder import FolderBatches
 from csc_cli.jobs.train import TrainConfig, run_train
+from tests.data.conftest import write_image_folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 12), ("val", 4)):
-        for cls in range(3):
-            (root / split / f"class{cls}").mkdir(parents=True)
-            for i in range(n):
-                img = torch.rand(3, 40, 36, generator=gen) * 0.3 + 0.2 * cls
-                save_image(img, root / split / f"class{cls}" / f"{i}.png")
-    return root
+    return write_image_folder(tmp_path_factory.mktemp("imgs"), {"train": 12, "val": 4})
 
 
 def test_batches_do_not_depend_on_workers_and_resume_mid_epoch(folder):

@@ -5,26 +5,18 @@ import json
 
 import pytest
 import torch
-from torchvision.utils import save_image
 
 import csc_cli
 from csc_cli.data import load_dataset
 from csc_cli.data.source import FolderSplit, folder_root, open_for_model, open_split
+from tests.data.conftest import write_image_folder
 
 N_VAL = 8  # per class
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 10), ("val", N_VAL)):
-        for cls in range(3):
-            (root / split / f"class{cls}").mkdir(parents=True)
-            for i in range(n):
-                img = torch.rand(3, 40, 36, generator=gen) * 0.3 + 0.2 * cls
-                save_image(img, root / split / f"class{cls}" / f"{i}.png")
-    return root
+    return write_image_folder(tmp_path_factory.mktemp("imgs"), {"train": 10, "val": N_VAL})
 
 
 @pytest.fixture
