@@ -28,6 +28,7 @@ from . import autocast as _amp_autocast, resolve_device
 from ..checkpoint import load, load_state, save, save_state
 from ..core import lasso_terms
 from ..data import load_dataset
+from ..data.source import folder_root, is_streamed
 from ..data.pipeline import Batches, default_augment, default_pad, split_holdout
 from ..layers import csc_layers
 from ..models import build_model, resolve_arch
@@ -284,10 +285,10 @@ def make_data(config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataBu
     """Training, test and (optional) held-out batches for ``config.dataset``."""
     eval_batch = max(config.batch_size, 128)
     augment = default_augment(config.dataset) if config.augment == "auto" else config.augment
-    if config.dataset == "imagenet" or config.dataset.startswith("folder:"):
+    if is_streamed(config.dataset):
         from ..data.folder import IMAGENET_MEAN, IMAGENET_STD, FolderBatches
 
-        root = Path(config.dataset[7:] if config.dataset.startswith("folder:") else (config.data_dir or "data/imagenet"))
+        root = folder_root(config.dataset, Path(config.data_dir) if config.data_dir else None)
         if config.dataset == "imagenet" and config.augment == "auto":
             augment = "imagenet"
         size = config.image_size or 224
