@@ -1,4 +1,5 @@
-"""Forward+backward time of CSCConv2d(steps=2) divided by nn.Conv2d on the same shape.
+"""Forward+backward time of CSCConv2d(steps=2) divided by nn.Conv2d on the same shape, and of
+CSCConvTranspose2d(steps=2) divided by nn.ConvTranspose2d (kernel 4, stride 2: x2 up-sampling).
 
 Ratios, measured in one run with the two layers interleaved, medians of several repetitions:
 absolute times on shared machines are noise. Also the cost of the training-time step-size refresh
@@ -31,13 +32,19 @@ import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
 
-from csc_cli import CSCConv2d
+from csc_cli import CSCConv2d, CSCConvTranspose2d
 
 # (in, out, size, batch, target ratio, the authors' code as measured on the project's CPU machine)
 SHAPES = [
     (3, 64, 32, 64, 5.0, 7.8),
     (64, 64, 32, 32, 3.3, 4.1),
     (128, 128, 16, 32, 3.1, 3.3),
+]
+
+# transposed (in, out, input size -> output size, batch): sparse deconvolution, x2 up-sampling
+TRANSPOSED_SHAPES = [
+    (64, 32, 16, 32),
+    (256, 128, 8, 32),
 ]
 
 
@@ -81,6 +88,20 @@ def bench_shape(cin, cout, size, batch, device, dtype, repeats, channels_last=Fa
     x.requires_grad_(cin > 3)
     grad = torch.randn(batch, cout, size, size, device=device, dtype=dtype).to(memory_format=fmt)
     (t_conv, t_csc), raw = _interleaved_medians([_fwd_bwd(conv, x, grad), _fwd_bwd(csc, x, grad)], repeats, device)
+    per_rep = statistics.median(b / a for a, b in zip(*raw))
+    return t_conv, t_csc, per_rep
+
+
+def bench_transposed_shape(cin, cout, size, batch, device, dtype, repeats, channels_last=False):
+    """nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1) vs CSCConvTranspose2d(steps=2), size -> 2 size."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False).to(device, dtype, memory_format=fmt)
+    csc = CSCConvTranspose2d(cin, cout, 4, stride=2, padding=1, steps=2).to(device, dtype, memory_format=fmt)
+    x = torch.randn(batch, cin, size, size, device=device, dtype=dtype).to(memory_format=fmt).requires_grad_(True)
+    grad = torch.randn(batch, cout, 2 * size, 2 * size, device=device, dtype=dtype).to(memory_format=fmt)
+    (t_conv, t_csc), raw = _interleaved_medians([_fwd_bwd(conv.train(), x, grad), _fwd_bwd(csc.train(), x, grad)],
+                                                repeats, device)
     per_rep = statistics.median(b / a for a, b in zip(*raw))
     return t_conv, t_csc, per_rep
 
@@ -136,6 +157,12 @@ def main():
         rows.append({"shape": f"{cin}->{cout} @{size}x{size} batch {batch}", "conv_ms": 1e3 * t_conv,
                      "csc_ms": 1e3 * t_csc, "ratio": t_csc / t_conv, "ratio_median_per_rep": per_rep,
                      "target": target, "authors_cpu": authors})
+    for cin, cout, size, batch in TRANSPOSED_SHAPES:
+        t_conv, t_csc, per_rep = bench_transposed_shape(cin, cout, size, batch, device, dtype, args.repeats,
+                                                        args.channels_last)
+        rows.append({"shape": f"transposed {cin}->{cout} @{size}->{2 * size} batch {batch}", "conv_ms": 1e3 * t_conv,
+                     "csc_ms": 1e3 * t_csc, "ratio": t_csc / t_conv, "ratio_median_per_rep": per_rep,
+                     "target": None, "authors_cpu": None})
     refresh = refresh_cost(device, dtype, args.repeats)
     meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__,
@@ -144,13 +171,14 @@ def main():
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows, "refresh_fraction_of_step": refresh}, indent=2))
         return
-    table = Table(title=f"CSCConv2d(steps=2) / nn.Conv2d, forward+backward ({meta['device']}, "
+    table = Table(title=f"CSC layer (steps=2) / the nn layer it replaces, forward+backward ({meta['device']}, "
                         f"{args.threads} threads, {args.dtype}, allocator: {meta['allocator']})")
-    for col in ("shape", "conv ms", "csc ms", "ratio", "median per-rep ratio", "target", "authors (CPU)"):
+    for col in ("shape", "nn ms", "csc ms", "ratio", "median per-rep ratio", "target", "authors (CPU)"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["shape"], f"{r['conv_ms']:.2f}", f"{r['csc_ms']:.2f}", f"{r['ratio']:.2f}",
-                      f"{r['ratio_median_per_rep']:.2f}", f"<= {r['target']}", f"{r['authors_cpu']}")
+                      f"{r['ratio_median_per_rep']:.2f}", "-" if r["target"] is None else f"<= {r['target']}",
+                      "-" if r["authors_cpu"] is None else f"{r['authors_cpu']}")
     console = Console()
     console.print(table)
     console.print(f"step-size refresh / training step (3->64 @32x32, batch 128): {100 * refresh:.2f}% (target < 2%)")

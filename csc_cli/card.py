@@ -79,9 +79,12 @@ def check_options(options: Any, where: str) -> Dict[str, Any]:
     return dict(options)
 
 
-def check_geometry(geometry: Any, where: str) -> Dict[str, Any]:
-    if not isinstance(geometry, dict) or set(geometry) != set(_GEOMETRY_KEYS):
-        raise CardError(f"{where}: 'geometry' must be an object with {', '.join(_GEOMETRY_KEYS)}")
+def check_geometry(geometry: Any, where: str, *, transposed: bool = False) -> Dict[str, Any]:
+    """A layer's geometry record: exactly the conv keys, plus ``output_padding`` for a transposed
+    layer (whose padding is a list and whose padding mode is 'zeros', as in PyTorch)."""
+    keys = _GEOMETRY_KEYS + (("output_padding",) if transposed else ())
+    if not isinstance(geometry, dict) or set(geometry) != set(keys):
+        raise CardError(f"{where}: 'geometry' must be an object with {', '.join(keys)}")
     g = geometry
     ints = [g["in_channels"], g["out_channels"], g["groups"]]
     tuples = [g["kernel_size"], g["stride"], g["dilation"]]
@@ -92,6 +95,11 @@ def check_geometry(geometry: Any, where: str) -> Dict[str, Any]:
     ok = ok and (pad in ("same", "valid", "tf_same") or (isinstance(pad, list) and 1 <= len(pad) <= 2 and all(
         isinstance(v, int) and 0 <= v <= 4096 for v in pad)))
     ok = ok and isinstance(g["bias"], bool) and g["padding_mode"] in ("zeros", "reflect", "replicate", "circular")
+    if transposed:
+        extra = g["output_padding"]
+        ok = ok and isinstance(pad, list) and g["padding_mode"] == "zeros" and isinstance(extra, list) and (
+            1 <= len(extra) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096
+                                         for v in extra))
     if not ok:
         raise CardError(f"{where}: bad geometry {json.dumps(g)[:200]}")
     return dict(g)
@@ -141,7 +149,8 @@ class Edit:
             if doc.get("layer") not in LAYER_CLASSES:
                 raise CardError(f"{where}: 'layer' must be one of {', '.join(LAYER_CLASSES)}")
             edit.layer = doc["layer"]
-            edit.geometry = check_geometry(doc.get("geometry"), f"{where} ({target})")
+            edit.geometry = check_geometry(doc.get("geometry"), f"{where} ({target})",
+                                           transposed=bool(getattr(LAYER_CLASSES[edit.layer], "transposed", False)))
             edit.options = check_options(doc.get("options", {}), f"{where} ({target})")
         return edit
 

@@ -1,17 +1,20 @@
 """Turn the convolutions of any ``nn.Module`` into CSC layers: find, plan, replace, report.
 
 ``convert(model, layers='all', **csc_options) -> (model, plan)`` replaces each chosen convolution in
-place by a :class:`~csc_cli.layers.CSCConv2d` (or ``CSCConv1d``) of the same geometry whose dictionary
-is the conv's weight, so the model class, its API (timm's ``forward_features``, ``forward_head``,
-``reset_classifier``, ``pretrained_cfg``...), dtype, device and memory format are unchanged. The plan
-lists every convolution found, with its geometry, the action taken and, for each one skipped, why.
+place by a :class:`~csc_cli.layers.CSCConv2d` (or ``CSCConv1d``; ``CSCConvTranspose2d``/``1d`` for a
+transposed convolution) of the same geometry whose dictionary is the conv's weight, so the model
+class, its API (timm's ``forward_features``, ``forward_head``, ``reset_classifier``,
+``pretrained_cfg``...), dtype, device and memory format are unchanged. The plan lists every
+convolution found, with its geometry, the action taken and, for each one skipped, why.
 
 Understood convolutions: ``nn.Conv1d``/``nn.Conv2d`` with any stride, padding, dilation, groups and
-padding mode, and timm's ``Conv2dSame`` (TF 'SAME' padding computed per input size), ``StdConv2d``,
-``StdConv2dSame``, ``ScaledStdConv2d``, ``ScaledStdConv2dSame`` (the dictionary is the standardised
-weight). Composite convolutions (``MixedConv2d``, separable convs) are converted through their child
-convolutions. What cannot be a fixed dictionary (``CondConv2d``'s per-sample kernels, transposed or
-3-D convolutions, convs with an unknown custom forward) is skipped with a reason, never silently.
+padding mode; ``nn.ConvTranspose1d``/``nn.ConvTranspose2d`` (sparse deconvolution: the code lives on
+the transposed conv's output grid; ``forward(x, output_size)`` works as before); timm's
+``Conv2dSame`` (TF 'SAME' padding computed per input size), ``StdConv2d``, ``StdConv2dSame``,
+``ScaledStdConv2d``, ``ScaledStdConv2dSame`` (the dictionary is the standardised weight). Composite
+convolutions (``MixedConv2d``, separable convs) are converted through their child convolutions.
+What cannot be a fixed dictionary (``CondConv2d``'s per-sample kernels, 3-D convolutions, convs
+with an unknown custom forward) is skipped with a reason, never silently.
 """
 
 from __future__ import annotations

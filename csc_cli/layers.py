@@ -1,4 +1,5 @@
-"""``CSCConv1d`` / ``CSCConv2d``: drop-in replacements for ``nn.Conv1d`` / ``nn.Conv2d``.
+"""``CSCConv1d`` / ``CSCConv2d``: drop-in replacements for ``nn.Conv1d`` / ``nn.Conv2d``, and
+``CSCConvTranspose1d`` / ``CSCConvTranspose2d`` (sparse deconvolution) for ``nn.ConvTranspose1d`` / ``2d``.
 
 A CSC layer returns the sparse code of its input under a convolutional dictionary whose atoms are
 the (unit-normalised) conv filters, computed by ``steps`` unrolled proximal-gradient steps of the
@@ -8,7 +9,8 @@ The layer is thin: the math lives in :mod:`csc_cli.core`. What it owns is state:
 
 * ``weight`` -- the dictionary, shaped like the conv weight it replaces (same parameter count);
 * ``lam`` -- a buffer (saved with the model); ``layer.lam = 0.3`` changes it in place;
-* ``lipschitz`` / ``lipschitz_size`` -- ``L = ||A||^2`` and the input size it was estimated at.
+* ``lipschitz`` / ``lipschitz_size`` -- ``L = ||A||^2`` and the input size it was estimated at (for a
+  transposed layer, ``lipschitz_size`` is ``[input size, output padding]``: both set the operator).
   Training forwards refresh it by one warm-started power iteration (cold and converged when the
   size changes); eval forwards only read it. An eval input of another size gets its own
   deterministic, converged estimate (memoised, never written to the state), so the step is right
@@ -26,9 +28,10 @@ import torch.nn as nn
 from torch import Tensor
 
 from .core.lasso import BACKWARDS, METHODS, SolverTrace, solve_lasso
-from .core.operators import ConvGeometry, normalize_atoms, power_iteration
+from .core.operators import ConvGeometry, Geometry, TransposedConvGeometry, power_iteration
 
-__all__ = ["CSCConv1d", "CSCConv2d", "CSCConvNd", "CSC_OPTION_DEFAULTS", "LAYER_CLASSES", "csc_layers"]
+__all__ = ["CSCConv1d", "CSCConv2d", "CSCConvNd", "CSCConvTranspose1d", "CSCConvTranspose2d", "CSCConvTransposeNd",
+           "CSC_OPTION_DEFAULTS", "LAYER_CLASSES", "csc_class_for", "csc_layers"]
 
 #: The keyword-only CSC options every layer takes, with their defaults.
 CSC_OPTION_DEFAULTS: Dict[str, Any] = {
@@ -62,9 +65,12 @@ def _check_lam(value: Union[float, Tensor]) -> float:
 
 
 class CSCConvNd(nn.Module):
-    """The base of :class:`CSCConv1d` and :class:`CSCConv2d` (``isinstance`` tests name this one)."""
+    """The base of every CSC layer -- :class:`CSCConv1d`, :class:`CSCConv2d` and the transposed
+    :class:`CSCConvTranspose1d`, :class:`CSCConvTranspose2d` (``isinstance`` tests name this one)."""
 
     _dim: int = 0
+    _conv_name: str = ""  # the torch.nn class this one replaces
+    transposed: bool = False
 
     def __init__(
         self,
@@ -97,6 +103,16 @@ class CSCConvNd(nn.Module):
         geometry = ConvGeometry.create(
             self._dim, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
         )
+        self._setup(geometry, bias, device, dtype, lam=lam, steps=steps, nonneg=nonneg, mu=mu, method=method,
+                    backward=backward, step_scale=step_scale, power_iters=power_iters, power_tol=power_tol,
+                    power_restart=power_restart, cg_iters=cg_iters, cg_tol=cg_tol)
+        # nn.Conv-compatible attributes, for code that inspects convs
+        self.padding = padding if isinstance(padding, str) else tuple(b for b, _ in geometry.padding)
+        self.padding_mode = padding_mode
+
+    def _setup(self, geometry: Geometry, bias: bool, device, dtype, *, lam, steps, nonneg, mu, method, backward,
+               step_scale, power_iters, power_tol, power_restart, cg_iters, cg_tol) -> None:
+        """What every CSC layer holds, for a validated geometry: options, weight, bias, lam, step state."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         if not mu >= 0:
@@ -132,23 +148,21 @@ class CSCConvNd(nn.Module):
         # backward; 0 = the exact gradient. Not a model option, never saved.
         self.surrogate = 0.0
         self.implicit_damping = 0.0
-        # nn.Conv-compatible attributes, for code that inspects convs
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.in_channels, self.out_channels, self.groups = geometry.in_channels, geometry.out_channels, geometry.groups
         self.kernel_size, self.stride, self.dilation = geometry.kernel_size, geometry.stride, geometry.dilation
-        self.padding = padding if isinstance(padding, str) else tuple(b for b, _ in geometry.padding)
-        self.padding_mode = padding_mode
-        self.transposed = False
 
         self.weight = nn.Parameter(torch.empty(geometry.weight_shape, **factory))
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.bias = nn.Parameter(torch.empty(geometry.out_channels, **factory)) if bias else None
         self.register_buffer("lam", torch.tensor(_check_lam(lam), **factory))
         self.register_buffer("lipschitz", torch.zeros((), **factory))
-        self.register_buffer("lipschitz_size", torch.zeros(self._dim, dtype=torch.long, device=device))
+        self.register_buffer("lipschitz_size", torch.zeros(self._size_record_shape(), dtype=torch.long, device=device))
         # training refresh state: the warm power block and the atoms it was computed for
         self.register_buffer("_power_vec", None, persistent=False)
         self.register_buffer("_power_atoms", None, persistent=False)
-        # Python mirror of lipschitz_size, so eval forwards compare sizes without a device sync.
+        # Python mirror of lipschitz_size, so eval forwards compare sizes without a device sync: the
+        # input size and the operator (geometry) the stored estimate is for.
         self._stored_size: Optional[Tuple[int, ...]] = None
+        self._stored_geometry: Optional[Geometry] = None
         self._eval_cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
         self.reset_parameters()
 
@@ -169,9 +183,8 @@ class CSCConvNd(nn.Module):
         construction :func:`csc_cli.convert` uses: :func:`csc_cli.surgery.csc_layer_for`.)"""
         from .surgery import csc_layer_for
 
-        expected = nn.Conv1d if cls._dim == 1 else nn.Conv2d
-        if not isinstance(conv, expected) or conv.transposed:
-            raise ValueError(f"{cls.__name__}.from_conv needs an {expected.__name__}, got {type(conv).__name__}")
+        if csc_class_for(conv) is not cls:
+            raise ValueError(f"{cls.__name__}.from_conv needs an nn.{cls._conv_name}, got {type(conv).__name__}")
         return csc_layer_for(conv, **options)
 
     @classmethod
@@ -229,8 +242,14 @@ class CSCConvNd(nn.Module):
     # ------------------------------------------------------------------ step size
     @property
     def atoms(self) -> Tensor:
-        """The dictionary in use: ``weight[m] / ||weight[m]||_2``."""
-        return normalize_atoms(self.weight)
+        """The dictionary in use: every atom at unit l2 norm (``weight[m] / ||weight[m]||_2`` for a
+        conv; the geometry knows which slices of the weight are the atoms)."""
+        return self.geometry.normalize_atoms(self.weight)
+
+    def atom_bank(self, normalized: bool = True) -> Tensor:
+        """One atom per code channel, ``(out_channels, in_channels / groups, *kernel)`` -- the
+        weight as it is for a conv (unit-norm unless ``normalized=False``); for inspection."""
+        return self.atoms if normalized else self.weight
 
     @property
     def step_size(self) -> Tensor:
@@ -246,25 +265,60 @@ class CSCConvNd(nn.Module):
         # a finite one keeps 0 * step from turning into NaN.
         return self.step_scale / lip.clamp_min(_MIN_LIPSCHITZ)
 
-    def step_size_for(self, size: Sequence[int]) -> Tensor:
-        """The step a forward on an input of spatial ``size`` uses in the current mode (pure)."""
-        return self._step(self._lipschitz_for(tuple(int(s) for s in size), self.atoms, refresh=False))
+    # The operator in use depends on the input size and, for transposed layers, on the output size
+    # asked for: these hooks say which geometry a call uses and how the stored state records it.
+    def _operator(self, size: Tuple[int, ...], output_size: Optional[Sequence[int]] = None) -> Geometry:
+        """The geometry a forward on an input of spatial ``size`` uses (``output_size``, if given,
+        must be the one it produces)."""
+        if output_size is not None and tuple(int(s) for s in output_size) != self.geometry.output_size(size):
+            raise ValueError(f"output_size {tuple(output_size)} is not what an input of size {size} gives "
+                             f"({self.geometry.output_size(size)})")
+        return self.geometry
+
+    def _size_record_shape(self) -> Tuple[int, ...]:
+        return (self._dim,)
+
+    def _size_record(self, size: Tuple[int, ...], geometry: Geometry) -> list:
+        """What ``lipschitz_size`` holds for an estimate at ``size`` with ``geometry``."""
+        return list(size)
+
+    def _parse_size_record(self, record: Any) -> Optional[Tuple[Tuple[int, ...], Geometry]]:
+        """``(size, geometry)`` from a ``lipschitz_size`` record; None for no (or a bad) record."""
+        try:
+            size = tuple(int(s) for s in record)
+        except (TypeError, ValueError):
+            return None
+        if len(size) != self._dim or any(s < 1 for s in size):
+            return None
+        return size, self.geometry
+
+    def step_size_for(self, size: Sequence[int], output_size: Optional[Sequence[int]] = None) -> Tensor:
+        """The step a forward on an input of spatial ``size`` (producing ``output_size``, for a
+        transposed layer) uses in the current mode (pure)."""
+        size = tuple(int(s) for s in size)
+        geometry = self._operator(size, output_size)
+        return self._step(self._lipschitz_for(size, self.atoms, refresh=False, geometry=geometry))
 
     @torch.no_grad()
-    def refresh_step_size(self, size: Optional[Sequence[int]] = None, *, iters: int = 200) -> Tensor:
-        """Re-estimate and store ``L`` at ``size`` (default: the stored size) to convergence,
-        warm-started from the training power vector when there is one. Call it after changing the
-        weights by hand, or at the end of training. Returns the new step size."""
+    def refresh_step_size(self, size: Optional[Sequence[int]] = None, *, output_size: Optional[Sequence[int]] = None,
+                          iters: int = 200) -> Tensor:
+        """Re-estimate and store ``L`` at ``size`` (default: the stored size; ``output_size``: see
+        :meth:`step_size_for`) to convergence, warm-started from the training power vector when there
+        is one. Call it after changing the weights by hand, or at the end of training. Returns the
+        new step size."""
         if size is None:
             if self._stored_size is None:
                 raise ValueError("give the input size: this layer has no stored step size yet")
             size = self._stored_size
-        size = tuple(int(s) for s in size)
-        self.geometry.output_size(size)  # validates the size
-        warm = self._power_vec if self._stored_size == size else None
+            geometry = self._stored_geometry if output_size is None else self._operator(size, output_size)
+        else:
+            size = tuple(int(s) for s in size)
+            geometry = self._operator(size, output_size)
+        geometry.output_size(size)  # validates the size
+        warm = self._power_vec if (self._stored_size, self._stored_geometry) == (size, geometry) else None
         atoms = self.atoms
-        lip, vec, _ = power_iteration(self.geometry, atoms, size, v0=warm, iters=iters)
-        self._store(lip, vec, size, atoms)
+        lip, vec, _ = power_iteration(geometry, atoms, size, v0=warm, iters=iters)
+        self._store(lip, vec, size, geometry, atoms)
         return self.step_size
 
     @property
@@ -273,29 +327,32 @@ class CSCConvNd(nn.Module):
         return self._stored_size
 
     def warm_state(self) -> Optional[Dict[str, Tensor]]:
-        """The warm-start state of the step-size refresh -- ``{'vector', 'atoms', 'size'}`` -- so that a
-        resumed run takes exactly the next step it would have taken; None when there is none."""
+        """The warm-start state of the step-size refresh -- ``{'vector', 'atoms', 'size'}`` (``size``
+        as ``lipschitz_size`` records it) -- so that a resumed run takes exactly the next step it would
+        have taken; None when there is none."""
         if self._power_vec is None or self._power_atoms is None or not self._stored_size:
             return None
         return {"vector": self._power_vec, "atoms": self._power_atoms,
-                "size": torch.tensor(self._stored_size, dtype=torch.long)}
+                "size": torch.tensor(self._size_record(self._stored_size, self._stored_geometry), dtype=torch.long)}
 
     def load_warm_state(self, state: Dict[str, Tensor]) -> None:
         """Restore what :meth:`warm_state` returned (after the model's state dict is loaded)."""
-        size = tuple(int(s) for s in state["size"].tolist())
-        if len(size) != self._dim or any(s < 1 for s in size):
-            raise ValueError(f"warm state for a {self._dim}-d layer has size {size}")
+        record = state["size"].tolist()
+        parsed = self._parse_size_record(record)
+        if parsed is None:
+            raise ValueError(f"warm state for a {self._dim}-d layer has size {record}")
         self._power_vec = state["vector"].to(self.lipschitz.device)
         self._power_atoms = state["atoms"].to(self.lipschitz.device)
-        self._stored_size = size
+        self._stored_size, self._stored_geometry = parsed
         self._eval_cache.clear()
 
-    def _store(self, lip: Tensor, vec: Tensor, size: Tuple[int, ...], atoms: Tensor) -> None:
+    def _store(self, lip: Tensor, vec: Tensor, size: Tuple[int, ...], geometry: Geometry, atoms: Tensor) -> None:
         self.lipschitz.copy_(lip)
-        self.lipschitz_size.copy_(torch.tensor(size))
+        self.lipschitz_size.copy_(torch.tensor(self._size_record(size, geometry)))
         self._power_vec = vec
         self._power_atoms = atoms.detach().clone()
         self._stored_size = size
+        self._stored_geometry = geometry
         self._eval_cache.clear()
 
     def _forget_step_size(self) -> None:
@@ -304,40 +361,48 @@ class CSCConvNd(nn.Module):
         self._power_vec = None
         self._power_atoms = None
         self._stored_size = None
+        self._stored_geometry = None
         self._eval_cache.clear()
 
-    def _can_warm_start(self, size: Tuple[int, ...], atoms: Tensor) -> bool:
-        """Warm-start unless the size changed or the atoms moved more than ``power_restart``
-        (relative) since the last estimate: after a large update the new top eigen-direction can
-        be one the warm block barely contains, and a lagging estimate is an unsafe step."""
-        if self._stored_size != size or self._power_vec is None or self._power_atoms is None:
+    def _is_stored(self, size: Tuple[int, ...], geometry: Geometry) -> bool:
+        return self._stored_size == size and (geometry is self._stored_geometry or geometry == self._stored_geometry)
+
+    def _can_warm_start(self, size: Tuple[int, ...], geometry: Geometry, atoms: Tensor) -> bool:
+        """Warm-start unless the size (or operator) changed or the atoms moved more than
+        ``power_restart`` (relative) since the last estimate: after a large update the new top
+        eigen-direction can be one the warm block barely contains, and a lagging estimate is an
+        unsafe step."""
+        if not self._is_stored(size, geometry) or self._power_vec is None or self._power_atoms is None:
             return False
         if self.power_tol == 0:  # fixed-cost, sync-free refresh was asked for
             return True
         moved = (atoms.detach() - self._power_atoms).norm() / self._power_atoms.norm()
         return bool(moved <= self.power_restart)
 
-    def _lipschitz_for(self, size: Tuple[int, ...], atoms: Tensor, refresh: bool) -> Tensor:
+    def _lipschitz_for(self, size: Tuple[int, ...], atoms: Tensor, refresh: bool,
+                       geometry: Optional[Geometry] = None) -> Tensor:
+        """``L`` at ``size`` for ``geometry`` (default: the layer's own operator)."""
+        geometry = self.geometry if geometry is None else geometry
         if refresh:
             with torch.no_grad():
-                if self._can_warm_start(size, atoms):
+                if self._can_warm_start(size, geometry, atoms):
                     # warm, one vector (the first of a cold block is its power-iteration vector):
                     # at least power_iters iterations, more while the estimate still moves
                     lip, vec, _ = power_iteration(
-                        self.geometry, atoms, size, v0=self._power_vec[:1], previous=self.lipschitz, block=1,
+                        geometry, atoms, size, v0=self._power_vec[:1], previous=self.lipschitz, block=1,
                         iters=_WARM_MAX_ITERS, min_iters=self.power_iters, tol=self.power_tol,
                     )
                 else:  # first batch, new size, or a large update: cold and converged
-                    lip, vec, _ = power_iteration(self.geometry, atoms, size)
-                self._store(lip, vec, size, atoms)
+                    lip, vec, _ = power_iteration(geometry, atoms, size)
+                self._store(lip, vec, size, geometry, atoms)
             # a copy: the buffer will change in place on the next training forward
             return self.lipschitz.clone()
-        if self._stored_size == size:
+        if self._is_stored(size, geometry):
             return self.lipschitz
-        key = (size, atoms.device, atoms.dtype, self.weight._version, self.weight.data_ptr())
+        key = (size, geometry, atoms.device, atoms.dtype, self.weight._version, self.weight.data_ptr())
         lip = self._eval_cache.get(key)
         if lip is None:
-            lip, _, _ = power_iteration(self.geometry, atoms, size)
+            lip, _, _ = power_iteration(geometry, atoms, size)
             lip = lip.to(self.lipschitz.dtype)
             self._eval_cache[key] = lip
             while len(self._eval_cache) > _EVAL_CACHE_SIZE:
@@ -364,26 +429,31 @@ class CSCConvNd(nn.Module):
         method: Optional[str] = None,
         trace: bool = False,
         z0: Optional[Tensor] = None,
+        output_size: Optional[Sequence[int]] = None,
     ) -> Tuple[Tensor, Optional[SolverTrace]]:
         """The sparse code of ``x`` (no bias) and, if asked, per-step diagnostics.
 
         ``lam`` overrides the layer's (a number, or a per-sample ``(N,)`` tensor), ``steps`` and
-        ``method`` override the layer's for this call only. Refreshes the step size in training mode.
+        ``method`` override the layer's for this call only; ``output_size`` is the code's spatial
+        size (a transposed layer resolves its output padding from it, as ``nn.ConvTranspose`` does).
+        Refreshes the step size in training mode.
         """
+        output_size = self._spatial_output_size(x, output_size)
         x, unbatched = self._batched(x, "input")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"input has {x.shape[1]} channels but in_channels is {self.in_channels}")
         size = tuple(x.shape[2:])
-        self.geometry.output_size(size)  # clear errors for inputs too small for the kernel/padding
+        geometry = self._operator(size, output_size)
+        geometry.output_size(size)  # clear errors for inputs too small for the kernel/padding
         atoms = self.atoms
-        lip = self._lipschitz_for(size, atoms, refresh=self.training)
+        lip = self._lipschitz_for(size, atoms, refresh=self.training, geometry=geometry)
         lam_value = self.lam if lam is None else lam
         if lam is not None and not isinstance(lam, Tensor):
             lam_value = _check_lam(lam)
         z, diag = solve_lasso(
             x,
             atoms,
-            self.geometry,
+            geometry,
             lam_value,
             self._step(lip),
             self.steps if steps is None else steps,
@@ -403,6 +473,9 @@ class CSCConvNd(nn.Module):
     def forward(self, x: Tensor, lam: Union[None, float, Tensor] = None) -> Tensor:
         """The code of ``x`` (plus the bias, if any): the shape ``nn.ConvNd`` would return."""
         z, _ = self.solve(x, lam=lam)
+        return self._add_bias(z)
+
+    def _add_bias(self, z: Tensor) -> Tensor:
         if self.bias is not None:
             z = z + self.bias.view(-1, *([1] * self._dim))
         return z
@@ -414,10 +487,29 @@ class CSCConvNd(nn.Module):
         z, unbatched = self._batched(z, "code")
         if z.shape[1] != self.out_channels:
             raise ValueError(f"code has {z.shape[1]} channels but out_channels is {self.out_channels}")
-        if output_size is None:
-            output_size = tuple(hi for _, hi in self.geometry.input_size_range(z.shape[2:]))
-        x = self.geometry.synthesis(z, self.atoms, tuple(output_size))
+        geometry, size = self._decoder(tuple(z.shape[2:]), output_size)
+        x = geometry.synthesis(z, self.atoms, size)
         return x.squeeze(0) if unbatched else x
+
+    def _spatial_output_size(self, x: Tensor, output_size: Optional[Sequence[int]]) -> Optional[Tuple[int, ...]]:
+        """``output_size`` as ``nn.ConvTranspose`` takes it (spatial, or with the batch and channel
+        dims of ``x`` in front), reduced to its spatial entries."""
+        if output_size is None:
+            return None
+        values = tuple(int(s) for s in output_size)
+        leading = 2 if x.dim() == self._dim + 2 else 1
+        if len(values) == leading + self._dim:
+            values = values[leading:]
+        if len(values) != self._dim:
+            raise ValueError(f"output_size must have {self._dim} or {leading + self._dim} entries for a "
+                             f"{x.dim()}-D input, got {list(output_size)}")
+        return values
+
+    def _decoder(self, code_size: Tuple[int, ...], output_size: Optional[Sequence[int]]) -> Tuple[Geometry, Tuple[int, ...]]:
+        """The geometry and input size :meth:`decode` synthesises a code of ``code_size`` with."""
+        if output_size is None:
+            output_size = tuple(hi for _, hi in self.geometry.input_size_range(code_size))
+        return self.geometry, tuple(int(s) for s in output_size)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -430,14 +522,17 @@ class CSCConvNd(nn.Module):
         if prefix + "lipschitz" not in state_dict or prefix + "lipschitz_size" not in state_dict:
             self._forget_step_size()
             return
-        size = tuple(int(s) for s in self.lipschitz_size.tolist())
-        valid = all(s > 0 for s in size) and float(self.lipschitz) > 0
-        self._stored_size = size if valid else None
+        parsed = self._parse_size_record(self.lipschitz_size.tolist())
+        if parsed is None or not float(self.lipschitz) > 0:
+            parsed = (None, None)
+        self._stored_size, self._stored_geometry = parsed
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding not in (0, (0,) * self._dim, "valid"):
             s += f", padding={self.padding!r}"
+        if self.transposed and any(self.output_padding):
+            s += f", output_padding={self.output_padding}"
         if self.dilation != (1,) * self._dim:
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -458,6 +553,7 @@ class CSCConv1d(CSCConvNd):
     keyword-only CSC options (``lam, steps, nonneg, mu, method, backward, step_scale, ...``)."""
 
     _dim = 1
+    _conv_name = "Conv1d"
 
 
 class CSCConv2d(CSCConvNd):
@@ -470,12 +566,168 @@ class CSCConv2d(CSCConvNd):
     """
 
     _dim = 2
+    _conv_name = "Conv2d"
+
+
+class CSCConvTransposeNd(CSCConvNd):
+    """Sparse deconvolution: the base of :class:`CSCConvTranspose1d` and :class:`CSCConvTranspose2d`.
+
+    The code lives on the transposed conv's output grid and the dictionary synthesises the (smaller)
+    input with the strided convolution that is the transposed conv's adjoint (see
+    :class:`~csc_cli.core.operators.TransposedConvGeometry`)::
+
+        z* = argmin_{z >= 0} lam ||z||_1 + 1/2 ||x - B z||^2,   B z = conv(z, W_unit, stride, padding, ...)
+
+    solved by the same core as every CSC layer. One step from zero is
+    ``relu(t conv_transpose(x, W_unit) - lam t)``: with ``steps=1`` the layer *is* a transposed conv
+    with a fixed negative bias and a ReLU. The step size depends on the input size and the output
+    padding (``forward(x, output_size)`` may change it), and is estimated and stored per both.
+    """
+
+    transposed = True
+
+    def atom_bank(self, normalized: bool = True) -> Tensor:
+        """One atom per code channel, ``(out_channels, in_channels / groups, *kernel)``: the weight
+        ``(in_channels, out_channels / groups, *kernel)`` regrouped (atom ``(g, m)`` is the g-th
+        block of input channels of column ``m``)."""
+        w = self.atoms if normalized else self.weight
+        g, cin, cout_g = self.groups, w.shape[0], w.shape[1]
+        kernel = tuple(w.shape[2:])
+        blocks = w.reshape(g, cin // g, cout_g, *kernel).transpose(1, 2)
+        return blocks.reshape(g * cout_g, cin // g, *kernel)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups: int = 1,
+        bias: bool = False,
+        dilation=1,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        lam: float = 0.1,
+        steps: int = 2,
+        nonneg: bool = True,
+        mu: float = 0.0,
+        method: str = "fista",
+        backward: str = "unrolled",
+        step_scale: float = 0.9,
+        power_iters: int = 1,
+        power_tol: float = 1e-3,
+        power_restart: float = 0.05,
+        cg_iters: int = 100,
+        cg_tol: float = 1e-6,
+    ) -> None:
+        nn.Module.__init__(self)
+        geometry = TransposedConvGeometry.create(
+            self._dim, in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, dilation,
+            padding_mode,
+        )
+        self._setup(geometry, bias, device, dtype, lam=lam, steps=steps, nonneg=nonneg, mu=mu, method=method,
+                    backward=backward, step_scale=step_scale, power_iters=power_iters, power_tol=power_tol,
+                    power_restart=power_restart, cg_iters=cg_iters, cg_tol=cg_tol)
+        # nn.ConvTranspose-compatible attributes
+        self.padding = geometry.padding
+        self.output_padding = geometry.output_padding
+        self.padding_mode = padding_mode
+
+    @classmethod
+    def from_record(cls, geometry: Dict[str, Any], options: Dict[str, Any], *, device=None,
+                    dtype=None) -> "CSCConvTransposeNd":
+        g = geometry
+        return cls(g["in_channels"], g["out_channels"], tuple(g["kernel_size"]), stride=tuple(g["stride"]),
+                   padding=tuple(g["padding"]), output_padding=tuple(g.get("output_padding", (0,) * cls._dim)),
+                   groups=g["groups"], bias=bool(g["bias"]), dilation=tuple(g["dilation"]),
+                   padding_mode=g["padding_mode"], device=device, dtype=dtype, **options)
+
+    def geometry_record(self) -> Dict[str, Any]:
+        return {**super().geometry_record(), "output_padding": list(self.output_padding)}
+
+    # the operator depends on the output padding as well as the input size
+    def _operator(self, size: Tuple[int, ...], output_size: Optional[Sequence[int]] = None) -> Geometry:
+        if output_size is None:
+            return self.geometry
+        return self.geometry.with_output_padding(self.geometry.output_padding_for(size, output_size))
+
+    def _size_record_shape(self) -> Tuple[int, ...]:
+        return (2, self._dim)
+
+    def _size_record(self, size: Tuple[int, ...], geometry: Geometry) -> list:
+        return [list(size), list(geometry.output_padding)]
+
+    def _parse_size_record(self, record: Any) -> Optional[Tuple[Tuple[int, ...], Geometry]]:
+        try:
+            size, extra = (tuple(int(v) for v in row) for row in record)
+            geometry = self.geometry.with_output_padding(extra)
+        except (TypeError, ValueError):
+            return None
+        if len(size) != self._dim or any(s < 1 for s in size):
+            return None
+        return size, geometry
+
+    def forward(self, x: Tensor, output_size: Optional[Sequence[int]] = None,
+                lam: Union[None, float, Tensor] = None) -> Tensor:
+        """The code of ``x`` (plus the bias, if any): the shape ``nn.ConvTranspose`` returns, with
+        ``output_size`` resolving the output padding exactly as it does."""
+        z, _ = self.solve(x, lam=lam, output_size=output_size)
+        return self._add_bias(z)
+
+    def _decoder(self, code_size: Tuple[int, ...], output_size: Optional[Sequence[int]]) -> Tuple[Geometry, Tuple[int, ...]]:
+        """``decode(z, output_size)``: ``output_size`` is the input's spatial size; by default the one
+        the layer's own output padding maps to ``z``'s size, else the one an output padding below the
+        stride does."""
+        if output_size is None:
+            try:
+                size = tuple(hi for _, hi in self.geometry.input_size_range(code_size))
+            except ValueError:
+                size = self.geometry.natural_input_size(code_size)
+        else:
+            size = tuple(int(s) for s in output_size)
+        return self.geometry.fit(size, code_size), size
+
+
+class CSCConvTranspose1d(CSCConvTransposeNd):
+    """Sparse deconvolution over sequences; same arguments as ``nn.ConvTranspose1d`` (``bias``
+    defaults to False) plus the keyword-only CSC options."""
+
+    _dim = 1
+    _conv_name = "ConvTranspose1d"
+
+
+class CSCConvTranspose2d(CSCConvTransposeNd):
+    """Sparse deconvolution over images; same arguments as ``nn.ConvTranspose2d`` (``bias`` defaults
+    to False) plus the keyword-only CSC options (``lam, steps, nonneg, mu, method, backward, ...``).
+
+    ``layer(x, output_size=None)`` is the code after ``steps`` proximal-gradient steps on
+    ``min_z lam ||z||_1 + mu/2 ||z||^2 + 1/2 ||x - B z||^2`` (``z >= 0`` if ``nonneg``) with ``B`` the
+    strided conv by the unit-norm atoms, whose shape is what ``nn.ConvTranspose2d`` would return;
+    ``layer.decode(z)`` is ``B z``, shaped like the input.
+    """
+
+    _dim = 2
+    _conv_name = "ConvTranspose2d"
 
 
 _CSCConvNd = CSCConvNd  # the name before it was public
 
 #: CSC layer classes by name (model cards name a layer's class).
-LAYER_CLASSES: Dict[str, type] = {"CSCConv1d": CSCConv1d, "CSCConv2d": CSCConv2d}
+LAYER_CLASSES: Dict[str, type] = {"CSCConv1d": CSCConv1d, "CSCConv2d": CSCConv2d,
+                                  "CSCConvTranspose1d": CSCConvTranspose1d, "CSCConvTranspose2d": CSCConvTranspose2d}
+
+
+def csc_class_for(module: nn.Module) -> Optional[type]:
+    """The CSC layer class that replaces ``module`` (a conv or transposed conv, 1-D or 2-D), or None."""
+    for conv, cls in ((nn.ConvTranspose1d, CSCConvTranspose1d), (nn.ConvTranspose2d, CSCConvTranspose2d),
+                      (nn.Conv1d, CSCConv1d), (nn.Conv2d, CSCConv2d)):
+        if isinstance(module, conv):
+            return cls
+    return None
 
 
 def csc_layers(model: nn.Module) -> Dict[str, CSCConvNd]:

@@ -49,14 +49,22 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu")
 
 
 def layer_train_step_memory(
-    backward: str, steps: int, *, batch: int = 16, channels: int = 16, size: int = 64, device: str = "cpu"
+    backward: str, steps: int, *, batch: int = 16, channels: int = 16, size: int = 64, device: str = "cpu",
+    transposed: bool = False,
 ) -> Dict[str, Any]:
-    """Peak extra memory of one forward+backward of a ``CSCConv2d(channels, 2*channels, 3)``."""
-    from .layers import CSCConv2d
+    """Peak extra memory of one forward+backward of a ``CSCConv2d(channels, 2*channels, 3)`` on a
+    ``size`` input, or (``transposed``) of a ``CSCConvTranspose2d(2*channels, channels, 4, stride=2)``
+    whose code has the same shape, from a ``size / 2`` input."""
+    from .layers import CSCConv2d, CSCConvTranspose2d
 
     torch.manual_seed(0)
-    layer = CSCConv2d(channels, 2 * channels, 3, padding=1, steps=steps, backward=backward, device=device).train()
-    x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+    if transposed:
+        layer = CSCConvTranspose2d(2 * channels, 2 * channels, 4, stride=2, padding=1, steps=steps,
+                                   backward=backward, device=device).train()
+        x = torch.randn(batch, 2 * channels, size // 2, size // 2, device=device, requires_grad=True)
+    else:
+        layer = CSCConv2d(channels, 2 * channels, 3, padding=1, steps=steps, backward=backward, device=device).train()
+        x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
 
     def step() -> None:
         out = layer(x)
@@ -66,8 +74,8 @@ def layer_train_step_memory(
 
     step()  # warm-up: lazily created state (power vector, allocator pools) is not the step's cost
     peak = peak_memory_bytes(step, device)
-    return {"backward": backward, "steps": steps, "peak_bytes": peak,
-            "code_bytes": batch * 2 * channels * size * size * x.element_size()}
+    return {"backward": backward, "steps": steps, "peak_bytes": peak, "transposed": transposed,
+            "code_bytes": batch * 2 * channels * (size // 2 * 2 if transposed else size) ** 2 * x.element_size()}
 
 
 def isolated(function: str, **kwargs: Any) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .card import CardError, DataContract, Edit, ModelCard
-from .layers import CSC_OPTION_DEFAULTS, LAYER_CLASSES, CSCConv1d, CSCConv2d, CSCConvNd
+from .layers import CSC_OPTION_DEFAULTS, LAYER_CLASSES, CSCConvNd, csc_class_for
 
 __all__ = ["apply_edit", "edit_model", "card_of", "conv_kind", "find_convs", "applied_weight", "csc_layer_for",
            "conv_geometry", "replace_module", "sync_card", "set_input_normalization", "InputNormalization"]
@@ -34,19 +34,23 @@ def _timm_classes() -> Dict[str, type]:
 
 
 def conv_kind(module: nn.Module) -> Optional[str]:
-    """How ``module`` is understood: 'conv', 'same', 'std', 'std_same', 'csc', a skip reason
-    prefixed with '!', or None when it is not a convolution at all."""
+    """How ``module`` is understood: 'conv', 'conv_t' (a transposed conv: sparse deconvolution),
+    'same', 'std', 'std_same', 'csc', a skip reason prefixed with '!', or None when it is not a
+    convolution at all."""
     timm = _timm_classes()
     if isinstance(module, CSCConvNd):
         return "csc"
     if "CondConv2d" in timm and isinstance(module, timm["CondConv2d"]):
         return "!per-sample (conditionally parameterised) kernels are not a fixed dictionary"
-    if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return "!transposed convolution: it is a synthesis operator already, not an analysis conv"
-    if isinstance(module, nn.Conv3d):
-        return "!3-D convolutions are not supported (CSCConv1d and CSCConv2d only)"
+    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        return "!3-D convolutions are not supported (1-D and 2-D convolutions and transposed convolutions only)"
     if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
         return "!lazy convolution with uninitialised weights: run one forward first"
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        cls = type(module)
+        if cls.forward is not nn.ConvTranspose1d.forward and cls.forward is not nn.ConvTranspose2d.forward:
+            return f"!{cls.__name__} has its own forward with unknown semantics"
+        return "conv_t"
     if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return None
     cls = type(module)
@@ -103,7 +107,21 @@ def applied_weight(module: nn.Module, kind: str) -> torch.Tensor:
 
 
 def conv_geometry(module: nn.Module, kind: str) -> Dict[str, Any]:
-    """The geometry record (see :meth:`CSCConvNd.geometry_record`) a conv converts to."""
+    """The geometry record (see :meth:`CSCConvNd.geometry_record`) a conv converts to (a
+    transposed conv's has its ``output_padding`` too)."""
+    if kind == "conv_t":
+        return {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": list(module.kernel_size),
+            "stride": list(module.stride),
+            "padding": list(module.padding),
+            "dilation": list(module.dilation),
+            "groups": module.groups,
+            "bias": module.bias is not None,
+            "padding_mode": module.padding_mode,
+            "output_padding": list(module.output_padding),
+        }
     tf_same = kind == "same" or (kind == "std_same" and getattr(module, "same_pad", False))
     return {
         "in_channels": module.in_channels,
@@ -132,8 +150,8 @@ def csc_layer_for(module: nn.Module, kind: Optional[str] = None, **options: Any)
     if not convertible(kind):
         raise ValueError(f"{type(module).__name__} cannot become a CSC layer: {kind or 'not a convolution'}")
     _check_options(options)
-    cls = CSCConv1d if isinstance(module, nn.Conv1d) else CSCConv2d
-    weight = module.weight
+    cls = csc_class_for(module)
+    weight = module.weight  # a transposed conv's weight is its dictionary as is: same shape
     layer = cls.from_record(conv_geometry(module, kind), options, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(applied_weight(module, kind))
@@ -203,7 +221,7 @@ def apply_edit(model: nn.Module, edit: Edit) -> Optional[nn.Module]:
             _fail(edit, f"{type(module).__name__} is not a convertible convolution")
         if edit.geometry is not None and conv_geometry(module, kind) != edit.geometry:
             _fail(edit, "the convolution's geometry is not the recorded one")
-        if edit.layer and LAYER_CLASSES[edit.layer] is not (CSCConv1d if isinstance(module, nn.Conv1d) else CSCConv2d):
+        if edit.layer and LAYER_CLASSES[edit.layer] is not csc_class_for(module):
             _fail(edit, f"a {type(module).__name__} does not become a {edit.layer}")
         new = csc_layer_for(module, kind, **(edit.options or {}))
     elif edit.op == "new_csc":
@@ -235,7 +253,7 @@ def edit_model(model: nn.Module, edit: Edit) -> Optional[nn.Module]:
 
 def to_csc_edit(module: nn.Module, name: str, aliases: Sequence[str] = (), **options: Any) -> Edit:
     kind = conv_kind(module)
-    layer = "CSCConv1d" if isinstance(module, nn.Conv1d) else "CSCConv2d"
+    layer = csc_class_for(module).__name__
     return Edit("to_csc", name, list(aliases), layer, conv_geometry(module, kind), dict(options))
 
 

@@ -218,7 +218,7 @@ def test_custom_conv_subclass_is_skipped_with_a_reason():
     actions = {e.name: (e.action, e.reason) for e in plan.entries}
     assert actions["0"][0] == "replace"
     assert actions["1"][0] == "skip" and "own forward" in actions["1"][1]
-    assert actions["2"][0] == "skip" and "transposed" in actions["2"][1]
+    assert actions["2"][0] == "replace"  # transposed convs are converted (sparse deconvolution)
 
 
 def test_shared_conv_is_replaced_everywhere_by_one_layer():
@@ -394,3 +394,90 @@ def test_checkpoint_has_no_surgery_of_its_own():
     for module in ("convert", "models", "layers", "jobs/convert", "jobs/train"):
         text = (Path(csc_cli.__file__).parent / f"{module}.py").read_text()
         assert "from_record(" not in text or module == "layers", module
+
+
+# ----------------------------------------------------------------------------- transposed convolutions
+class _ToyUNet(nn.Module):
+    """Conv down, ConvTranspose2d up (with output_size, as U-Nets do for odd sizes), skip concat."""
+
+    def __init__(self):
+        super().__init__()
+        self.down1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.down2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.down3 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1)
+        self.up1 = nn.ConvTranspose2d(32, 8, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        d1 = F.relu(self.down1(x))
+        d2 = F.relu(self.down2(d1))
+        d3 = F.relu(self.down3(d2))
+        u2 = self.up2(d3, output_size=d2.shape)
+        u1 = self.up1(torch.cat([u2, d2], 1), output_size=d1.shape)
+        return self.head(torch.cat([u1, d1], 1))
+
+
+def test_unet_like_toy_converts_every_transposed_conv():
+    from csc_cli import CSCConvTranspose2d
+
+    torch.manual_seed(0)
+    model = _ToyUNet()
+    inputs = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 11, 12)]  # even, and odd (output_size matters)
+    with torch.no_grad():
+        shapes = [model(x).shape for x in inputs]
+    _, plan = convert(model, "up*", dry_run=True)  # globs select transposed convs like any other
+    assert {e.name for e in plan.replaced} == {"up1", "up2"}
+    _, plan = convert(model, "all", kernel_sizes=[4], dry_run=True)
+    assert {e.name for e in plan.replaced} == {"up2"}
+    model, plan = convert(model, "all", lam=0.0)  # lam = 0: no code is zero by the threshold alone
+    assert {e.name: (e.action, e.kind) for e in plan.entries if e.name.startswith("up")} == \
+        {"up1": ("replace", "ConvTranspose2d"), "up2": ("replace", "ConvTranspose2d")}
+    assert isinstance(model.up1, CSCConvTranspose2d) and isinstance(model.up2, CSCConvTranspose2d)
+    assert model.up1.output_padding == (1, 1) and model.up2.bias is not None and model.up1.bias is None
+    model.train()
+    for x, shape in zip(inputs, shapes):
+        out = model(x)
+        assert out.shape == shape
+        model.zero_grad()
+        (out * torch.randn_like(out)).sum().backward()
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, CSCConvNd)}
+        assert len(layers) == 6
+        unreached = [n for n, m in layers.items() if m.weight.grad is None
+                     or not torch.isfinite(m.weight.grad).all() or m.weight.grad.abs().sum() == 0]
+        assert not unreached, unreached
+    # a depthwise transposed conv is depthwise to the filters too
+    _, plan = convert(nn.Sequential(nn.ConvTranspose2d(4, 4, 3, groups=4), nn.ConvTranspose2d(4, 2, 3)), "all",
+                      depthwise=True, dry_run=True)
+    assert [e.name for e in plan.replaced] == ["0"] and plan.replaced[0].depthwise
+
+
+def test_timm_model_with_transposed_convs_converts_and_round_trips(tmp_path):
+    """timm's LowFormer up-samples its strided attention with ConvTranspose2d: every one is
+    converted, the output keeps its shape, gradients reach each dictionary, and load(save(m))
+    gives identical outputs."""
+    from csc_cli import CSCConvTranspose2d
+
+    torch.manual_seed(0)
+    model = csc_cli.create_model("lowformer_b0", num_classes=4)
+    transposed = [n for n, m in model.named_modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert transposed
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        shape = model(x).shape
+    model, plan = convert(model, "*upsampling", lam=0.2)
+    assert sorted(e.name for e in plan.replaced) == sorted(transposed)
+    assert all(isinstance(model.get_submodule(n), CSCConvTranspose2d) for n in transposed)
+    model.train()
+    out = model(x)  # a training forward: step sizes estimated and stored
+    assert out.shape == shape
+    out.sum().backward()
+    assert all(model.get_submodule(n).weight.grad is not None for n in transposed)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    loaded = csc_cli.load(csc_cli.save(model, tmp_path / "m.safetensors"))
+    assert [type(loaded.get_submodule(n)).__name__ for n in transposed] == ["CSCConvTranspose2d"] * len(transposed)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)

@@ -384,3 +384,22 @@ def test_warm_state_api_makes_a_copy_take_the_identical_next_step():
         twin.load_warm_state({**state, "size": torch.tensor([12])})
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), layer, CSCConv1d(4, 4, 3))
     assert list(csc_layers(model)) == ["1", "2"] and all(isinstance(m, CSCConvNd) for m in csc_layers(model).values())
+
+
+def test_atom_bank_has_one_unit_atom_per_code_channel_for_convs_and_transposed_convs():
+    """inspect reads atoms through atom_bank: for a conv it is the unit-norm weight; for a transposed
+    conv (weight (C_in, C_out/g, k, k)) atom (g, m) is the g-th input block of column m."""
+    from csc_cli import CSCConvTranspose2d
+    from csc_cli.jobs.inspect import layer_card
+
+    conv = CSCConv2d(4, 6, 3, groups=2)
+    assert torch.equal(conv.atom_bank(), conv.atoms) and torch.equal(conv.atom_bank(normalized=False), conv.weight)
+    up = CSCConvTranspose2d(4, 6, 3, stride=2, groups=2)
+    bank, atoms = up.atom_bank().detach(), up.atoms.detach()
+    assert bank.shape == (6, 2, 3, 3)
+    for o in range(6):
+        g, m = divmod(o, 3)
+        assert torch.equal(bank[o], atoms[2 * g : 2 * g + 2, m])
+    torch.testing.assert_close(bank.flatten(1).norm(dim=1), torch.ones(6))
+    card = layer_card("up", up)
+    assert card["atoms_unit_norm"] and card["class"] == "CSCConvTranspose2d" and 0 <= card["coherence"] <= 1

@@ -1,6 +1,8 @@
 """The convolutional Lasso and the one solver every CSC computation in ``csc`` goes through.
 
-Problem, per sample, with ``A`` the synthesis operator of :class:`~csc_cli.core.operators.ConvGeometry`::
+Problem, per sample, with ``A`` the synthesis operator of a geometry -- a
+:class:`~csc_cli.core.operators.ConvGeometry` (sparse coding) or a
+:class:`~csc_cli.core.operators.TransposedConvGeometry` (sparse deconvolution)::
 
     z* = argmin_z  lam * ||z||_1 + mu/2 * ||z||_2^2 + 1/2 * ||x - A z||_2^2     (z >= 0 if nonneg)
 
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .operators import ConvGeometry
+from .operators import Geometry
 
 METHODS = ("fista", "ista", "heavy_ball")
 BACKWARDS = ("unrolled", "implicit", "recompute")
@@ -83,7 +85,7 @@ def _lam_view(lam: Tensor, ndim: int) -> Tensor:
 
 
 def lasso_terms(
-    x: Tensor, z: Tensor, geometry: ConvGeometry, weight: Tensor, lam: Number, mu: float = 0.0
+    x: Tensor, z: Tensor, geometry: Geometry, weight: Tensor, lam: Number, mu: float = 0.0
 ) -> LassoTerms:
     """``objective = lam ||z||_1 + mu/2 ||z||^2 + 1/2 ||x - A z||^2`` per sample, with its parts
     (``data`` is the squared-error term, ``l1`` the *weighted* sparsity term ``lam ||z||_1``)."""
@@ -122,7 +124,7 @@ def fista_momentum(steps: int) -> Tuple[float, ...]:
 def _iterate(
     x: Tensor,
     weight: Tensor,
-    geometry: ConvGeometry,
+    geometry: Geometry,
     lam: Tensor,
     step: Tensor,
     steps: int,
@@ -273,7 +275,7 @@ class _ImplicitLasso(torch.autograd.Function):
 def solve_lasso(
     x: Tensor,
     weight: Tensor,
-    geometry: ConvGeometry,
+    geometry: Geometry,
     lam: Number,
     step: Number,
     steps: int,

@@ -9,6 +9,12 @@ A convolutional sparse coding layer with dictionary ``D`` (shaped like a conv we
   output padding chosen so that ``A z`` has the input's shape, and ``pad^T`` the adjoint of the
   padding (a crop for zeros, a fold for reflect/replicate/circular).
 
+:class:`TransposedConvGeometry` is the same interface for sparse *deconvolution* (a drop-in for
+``nn.ConvTranspose1d``/``2d``): analysis is the transposed conv, synthesis the strided conv that is
+its adjoint. :func:`power_iteration`, :func:`lipschitz_upper_bound`, :func:`dense_matrix` and the
+solver in :mod:`csc_cli.core.lasso` take either, and go through the geometry for everything that
+depends on the weight's layout (``weight_shape``, ``normalize_atoms``, channel counts).
+
 Everything here is pure tensor math: no modules, no state, no I/O. Shapes follow PyTorch:
 ``x`` is ``(N, C_in, *size)``, ``z`` is ``(N, C_out, *out_size)``.
 """
@@ -46,6 +52,28 @@ def _tuple(value: IntOrTuple, dim: int, name: str) -> Tuple[int, ...]:
     return values
 
 
+def _check_common(dim: int, in_channels: int, out_channels: int, groups: int, kernel_size: IntOrTuple,
+                  stride: IntOrTuple, dilation: IntOrTuple) -> Tuple[Tuple[int, ...], ...]:
+    """The checks every convolution geometry shares; returns (kernel, stride, dilation) tuples."""
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if in_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
+    if out_channels % groups:
+        raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
+    kernel = _tuple(kernel_size, dim, "kernel_size")
+    stride_t = _tuple(stride, dim, "stride")
+    dilation_t = _tuple(dilation, dim, "dilation")
+    if min(kernel) < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {kernel_size!r}")
+    if min(stride_t) < 1:
+        raise ValueError(f"stride must be >= 1, got {stride!r}")
+    if min(dilation_t) < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+    return kernel, stride_t, dilation_t
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """Geometry of a convolution: everything but the weights.
@@ -68,6 +96,8 @@ class ConvGeometry:
     padding_mode: str
     tf_same: bool = False
 
+    transposed = False  # a class constant (not a field): see TransposedConvGeometry
+
     @classmethod
     def create(
         cls,
@@ -84,22 +114,8 @@ class ConvGeometry:
         """Validate nn.Conv-style arguments; every error names the argument at fault."""
         if dim not in _CONV:
             raise ValueError(f"dim must be 1 or 2, got {dim!r}")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if in_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
-        if out_channels % groups:
-            raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
-        kernel = _tuple(kernel_size, dim, "kernel_size")
-        stride_t = _tuple(stride, dim, "stride")
-        dilation_t = _tuple(dilation, dim, "dilation")
-        if min(kernel) < 1:
-            raise ValueError(f"kernel_size must be >= 1, got {kernel_size!r}")
-        if min(stride_t) < 1:
-            raise ValueError(f"stride must be >= 1, got {stride!r}")
-        if min(dilation_t) < 1:
-            raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+        kernel, stride_t, dilation_t = _check_common(dim, in_channels, out_channels, groups, kernel_size, stride,
+                                                     dilation)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
         tf_same = False
@@ -222,6 +238,10 @@ class ConvGeometry:
             return conv(x, weight, bias, self.stride, tuple(b for b, _ in self.padding), self.dilation, self.groups)
         return conv(self.pad(x), weight, bias, self.stride, 0, self.dilation, self.groups)
 
+    def normalize_atoms(self, weight: Tensor, eps: float = 1e-12) -> Tensor:
+        """The dictionary at unit-norm atoms: an atom is one output channel's filter, ``weight[m]``."""
+        return normalize_atoms(weight, eps)
+
     def synthesis(self, z: Tensor, weight: Tensor, input_size: Sequence[int]) -> Tensor:
         """``A z``: the exact adjoint of :meth:`analysis`, shaped like an input of ``input_size``."""
         input_size = tuple(int(s) for s in input_size)
@@ -249,6 +269,199 @@ class ConvGeometry:
         )
         full = conv_t(z, weight, None, self.stride, 0, extra, self.groups, self.dilation)
         return self.pad_adjoint(full)
+
+
+@dataclass(frozen=True)
+class TransposedConvGeometry:
+    """Geometry of a *transposed* convolution (``nn.ConvTranspose1d``/``2d``): the same interface as
+    :class:`ConvGeometry`, for sparse deconvolution.
+
+    The weight ``W`` has ``nn.ConvTranspose``'s shape ``(C_in, C_out / groups, *kernel)``; the code
+    lives on the transposed conv's (larger) output grid and the dictionary synthesises the input
+    with the strided convolution that is the transposed conv's adjoint:
+
+    * ``B^T`` -- *analysis*: ``conv_transpose(x, W)``, exactly ``nn.ConvTranspose`` (without bias);
+    * ``B`` -- *synthesis*: ``conv(z, W)`` with the same stride, padding, dilation and groups,
+      cropped to the input's size (the crop matters only when ``output_padding >= stride``, where the
+      strided conv of the output grid reaches past the input).
+
+    An atom is one column of ``B``: for code channel ``o = g * (C_out / groups) + m``, the filters
+    ``W[g * C_in / groups : (g + 1) * C_in / groups, m]`` (:meth:`normalize_atoms`). Only zero padding
+    exists for transposed convs (as in PyTorch). ``output_padding`` is part of the operator: the
+    layer resolves it per call from ``output_size`` (:meth:`output_padding_for`, :meth:`with_output_padding`).
+    """
+
+    dim: int
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    output_padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+    padding_mode: str = "zeros"
+
+    transposed = True
+    tf_same = False
+
+    @classmethod
+    def create(
+        cls,
+        dim: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0,
+        output_padding: IntOrTuple = 0,
+        groups: int = 1,
+        dilation: IntOrTuple = 1,
+        padding_mode: str = "zeros",
+    ) -> "TransposedConvGeometry":
+        """Validate nn.ConvTranspose-style arguments (in its order); every error names the argument."""
+        if dim not in _CONV_T:
+            raise ValueError(f"dim must be 1 or 2, got {dim!r}")
+        kernel, stride_t, dilation_t = _check_common(dim, in_channels, out_channels, groups, kernel_size, stride,
+                                                     dilation)
+        if isinstance(padding, str):
+            raise ValueError(f"padding must be an int or a tuple of ints for a transposed conv, got {padding!r}")
+        pads = _tuple(padding, dim, "padding")
+        if min(pads) < 0:
+            raise ValueError(f"padding must be >= 0, got {padding!r}")
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode must be 'zeros' for a transposed conv (as in PyTorch), got {padding_mode!r}")
+        geometry = cls(dim, in_channels, out_channels, kernel, stride_t, pads, (0,) * dim, dilation_t, groups)
+        return geometry.with_output_padding(output_padding)
+
+    def with_output_padding(self, output_padding: IntOrTuple) -> "TransposedConvGeometry":
+        """This geometry with another ``output_padding`` (each entry below ``max(stride, dilation)``)."""
+        extra = _tuple(output_padding, self.dim, "output_padding")
+        for op, s, d in zip(extra, self.stride, self.dilation):
+            if not 0 <= op < max(s, d):
+                raise ValueError(
+                    f"output_padding must be >= 0 and smaller than stride or dilation, got {output_padding!r} "
+                    f"(stride {self.stride}, dilation {self.dilation})"
+                )
+        return self if extra == self.output_padding else replace(self, output_padding=extra)
+
+    def resolve(self, input_size: Sequence[int]) -> "TransposedConvGeometry":
+        return self
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def weight_shape(self) -> Tuple[int, ...]:
+        return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+
+    def _extent(self, i: int) -> int:
+        return self.dilation[i] * (self.kernel_size[i] - 1) + 1
+
+    def _smallest_output(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """The output size without output padding: ``(size - 1) * stride - 2 * padding + extent``."""
+        return tuple(
+            (int(n) - 1) * self.stride[i] - 2 * self.padding[i] + self._extent(i) for i, n in enumerate(input_size)
+        )
+
+    def output_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """Spatial size of the code (``nn.ConvTranspose``'s output) for an input of ``input_size``."""
+        input_size = tuple(int(s) for s in input_size)
+        if len(input_size) != self.dim:
+            raise ValueError(f"expected {self.dim} spatial dims, got input size {input_size}")
+        out = tuple(o + p for o, p in zip(self._smallest_output(input_size), self.output_padding))
+        if min(input_size) < 1 or min(out) < 1:
+            raise ValueError(
+                f"input size {input_size} gives an empty output {out} (padding {self.padding} is too large)"
+            )
+        return out
+
+    def output_padding_for(self, input_size: Sequence[int], output_size: Sequence[int]) -> Tuple[int, ...]:
+        """The output padding that gives ``output_size`` for an input of ``input_size``, exactly as
+        ``nn.ConvTranspose``'s ``forward(x, output_size)`` resolves it (valid sizes: the smallest
+        output up to ``stride - 1`` more); a ``ValueError`` naming ``output_size`` otherwise."""
+        input_size = tuple(int(s) for s in input_size)
+        output_size = tuple(int(s) for s in output_size)
+        if len(output_size) != self.dim:
+            raise ValueError(f"output_size must have {self.dim} spatial entries, got {output_size}")
+        lo = self._smallest_output(input_size)
+        hi = tuple(m + s - 1 for m, s in zip(lo, self.stride))
+        if any(not a <= o <= b for o, a, b in zip(output_size, lo, hi)):
+            raise ValueError(
+                f"output_size {list(output_size)} cannot be produced: valid sizes range from {list(lo)} to "
+                f"{list(hi)} for an input of size {list(input_size)}"
+            )
+        return tuple(o - a for o, a in zip(output_size, lo))
+
+    def fit(self, input_size: Sequence[int], output_size: Sequence[int]) -> "TransposedConvGeometry":
+        """This geometry with the output padding (any allowed one) that maps ``input_size`` to
+        ``output_size`` -- for synthesis from a code of a given size; a ``ValueError`` if none does."""
+        lo = self._smallest_output(input_size)
+        extra = tuple(int(o) - a for o, a in zip(output_size, lo))
+        if len(extra) != self.dim or any(not 0 <= e < max(s, d) for e, s, d in zip(extra, self.stride, self.dilation)):
+            raise ValueError(
+                f"a code of spatial size {tuple(int(o) for o in output_size)} does not come from an input of size "
+                f"{tuple(int(s) for s in input_size)} under this transposed conv"
+            )
+        return self.with_output_padding(extra)
+
+    def natural_input_size(self, output_size: Sequence[int]) -> Tuple[int, ...]:
+        """The input size whose output, with an output padding below the stride, is ``output_size``
+        (the strided convolution's output size on that grid)."""
+        size = tuple(
+            (int(o) + 2 * p - self._extent(i)) // s + 1
+            for i, (o, p, s) in enumerate(zip(output_size, self.padding, self.stride))
+        )
+        if min(size) < 1:
+            raise ValueError(f"a code of spatial size {tuple(output_size)} is too small for this transposed conv")
+        return size
+
+    def input_size_range(self, output_size: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+        """Per dimension, the (smallest, largest) input sizes that give ``output_size`` with this
+        geometry's output padding: one size, or a ``ValueError`` when none gives it."""
+        ranges = []
+        for i, o in enumerate(output_size):
+            span = int(o) - self.output_padding[i] + 2 * self.padding[i] - self._extent(i)
+            if span < 0 or span % self.stride[i]:
+                raise ValueError(
+                    f"no input gives an output of size {tuple(output_size)} with output_padding {self.output_padding}"
+                )
+            n = span // self.stride[i] + 1
+            ranges.append((n, n))
+        return tuple(ranges)
+
+    # -------------------------------------------------------------- operators
+    def normalize_atoms(self, weight: Tensor, eps: float = 1e-12) -> Tensor:
+        """The dictionary at unit-norm atoms: atom ``(g, m)`` is ``W[g-th block of C_in, m]``."""
+        g, cin, cout_g = self.groups, weight.shape[0], weight.shape[1]
+        blocks = weight.reshape(g, cin // g, cout_g, -1)
+        norms = torch.linalg.vector_norm(blocks, dim=(1, 3)).clamp_min(eps)  # (groups, C_out / groups)
+        norms = norms.repeat_interleave(cin // g, dim=0)  # (C_in, C_out / groups), one row per filter
+        return weight / norms.view(cin, cout_g, *([1] * (weight.dim() - 2)))
+
+    def analysis(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``B^T x (+ bias)``: the transposed convolution, exactly ``nn.ConvTranspose``."""
+        return _CONV_T[self.dim](
+            x, weight, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
+
+    def synthesis(self, z: Tensor, weight: Tensor, input_size: Sequence[int]) -> Tensor:
+        """``B z``: the exact adjoint of :meth:`analysis` (a strided conv), shaped like an input of
+        ``input_size``."""
+        input_size = tuple(int(s) for s in input_size)
+        expected = self.output_size(input_size)
+        if tuple(z.shape[2:]) != expected:
+            raise ValueError(
+                f"code of spatial size {tuple(z.shape[2:])} does not come from an input of size "
+                f"{input_size} (expected {expected})"
+            )
+        out = _CONV[self.dim](z, weight, None, self.stride, self.padding, self.dilation, self.groups)
+        for i, size in enumerate(input_size):  # output_padding >= stride: the conv reaches past the input
+            if out.shape[2 + i] != size:
+                out = out.narrow(2 + i, 0, size)
+        return out
+
+
+#: Either operator pair: everything in :mod:`csc_cli.core` takes one.
+Geometry = Union[ConvGeometry, TransposedConvGeometry]
 
 
 @functools.lru_cache(maxsize=256)
@@ -301,7 +514,7 @@ def normalize_atoms(weight: Tensor, eps: float = 1e-12) -> Tensor:
     return weight / norms.view(-1, *([1] * (weight.dim() - 1)))
 
 
-def _start_block(geometry: ConvGeometry, size: Sequence[int], block: int, device, dtype) -> Tensor:
+def _start_block(geometry: Geometry, size: Sequence[int], block: int, device, dtype) -> Tensor:
     """A fixed, seeded start for power iteration: the same numbers on every device and run."""
     gen = torch.Generator(device="cpu").manual_seed(0x5D)
     v = torch.randn((block, geometry.in_channels, *size), generator=gen, dtype=torch.float64)
@@ -335,7 +548,7 @@ def _solver_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @torch.no_grad()
 def power_iteration(
-    geometry: ConvGeometry,
+    geometry: Geometry,
     weight: Tensor,
     input_size: Sequence[int],
     *,
@@ -388,7 +601,7 @@ def power_iteration(
 
 
 @torch.no_grad()
-def lipschitz_upper_bound(geometry: ConvGeometry, weight: Tensor, input_size: Sequence[int]) -> Tensor:
+def lipschitz_upper_bound(geometry: Geometry, weight: Tensor, input_size: Sequence[int]) -> Tensor:
     """A certified upper bound on ``||A||^2`` at ``input_size`` (Schur's test).
 
     ``||A||^2 <= ||A||_1 ||A||_inf``, and the row/column sums of ``|A|`` are bounded by applying the
@@ -407,7 +620,7 @@ def lipschitz_upper_bound(geometry: ConvGeometry, weight: Tensor, input_size: Se
     return row * col
 
 
-def dense_matrix(geometry: ConvGeometry, weight: Tensor, input_size: Sequence[int]) -> Tensor:
+def dense_matrix(geometry: Geometry, weight: Tensor, input_size: Sequence[int]) -> Tensor:
     """The analysis operator ``A^T`` as a dense ``(n_code, n_input)`` matrix, for small problems
     (tests, inspection). Built column by column from one-hot inputs."""
     size = tuple(int(s) for s in input_size)

@@ -85,8 +85,8 @@ def shift_coherence(atoms: torch.Tensor) -> float:
 
 
 def layer_card(name: str, layer: CSCConvNd) -> Dict[str, Any]:
-    atoms = layer.atoms.detach()
-    norms = layer.weight.detach().flatten(1).norm(dim=1)
+    atoms = layer.atom_bank().detach()  # one per code channel, for convs and transposed convs alike
+    norms = layer.atom_bank(normalized=False).detach().flatten(1).norm(dim=1)
     card = {
         "name": name, "class": type(layer).__name__, "in_channels": layer.in_channels,
         "out_channels": layer.out_channels, "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
@@ -210,7 +210,7 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
             if layer.weight.dim() != 4:
                 continue
             path = out / f"atoms_{name.replace('.', '_')}.png"
-            size = _save_grid(atom_images(layer.atoms, config.max_atoms), path, nrow=16,
+            size = _save_grid(atom_images(layer.atom_bank(), config.max_atoms), path, nrow=16,
                               scale=max(1, 32 // layer.kernel_size[0]))
             atoms[name] = {"file": str(path), "size": list(size), "shown": min(config.max_atoms, layer.out_channels),
                            "channel_averaged": layer.in_channels != 3}
