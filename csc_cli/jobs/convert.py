@@ -13,7 +13,7 @@ import torch.nn as nn
 from ..checkpoint import load, save
 from ..convert import calibrate_batchnorm, convert, output_distance
 from ..data import NORMALIZATION
-from ..data.source import open_split
+from ..data.source import is_streamed, open_split
 from ..models import create_model
 from ..surgery import card_of, input_normalization, set_input_normalization
 
@@ -115,8 +115,8 @@ def _calibration_images(config: ConvertConfig, model: nn.Module, n: int, split: 
     shaped like the model's input."""
     gen = torch.Generator().manual_seed(config.seed)
     if config.data:
-        card = card_of(model)
-        size = card.data.input_size[-1] if card.data.input_size else None
+        card = card_of(model)  # image files are decoded at the model's input size; tensors are stored at theirs
+        size = card.data.input_size[-1] if card.data.input_size and is_streamed(config.data) else None
         data = open_split(config.data, split, config.data_dir, image_size=size, resize=card.data.resize)
         idx = torch.randperm(len(data), generator=gen)[:n].sort().values
         return data.take(idx)[0], f"{data.name} {split} ({len(idx)} images)", data
@@ -144,7 +144,7 @@ def _data_contract(config: ConvertConfig, model: nn.Module) -> None:
     else:
         mean, std = cfg.get("mean", NORMALIZATION["imagenet"][0]), cfg.get("std", NORMALIZATION["imagenet"][1])
     set_input_normalization(model, mean, std)
-    if card.data.input_size is None:
+    if card.data.input_size is None and not config.data:  # with --data, the data says (see run_convert)
         card.update(input_size=[int(v) for v in cfg.get("input_size", (3, 224, 224))])
 
 
