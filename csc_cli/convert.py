@@ -27,13 +27,17 @@ import torch
 import torch.nn as nn
 
 from .card import Edit
-from .layers import CSC_OPTION_DEFAULTS
+from .layers import CSC_OPTION_DEFAULTS, CSCConvNd, csc_layers
 from .surgery import (applied_weight, conv_kind, csc_layer_for, edit_model, find_convs, replace_module,
                       to_csc_edit)
 
-__all__ = ["ConvPlanEntry", "ConversionPlan", "convert", "find_convs", "replace_module", "csc_layer_for"]
+__all__ = ["ConvPlanEntry", "ConversionPlan", "convert", "find_convs", "replace_module", "csc_layer_for",
+           "calibrate_batchnorm", "output_distance", "conversion_report", "code_density", "store_step_sizes"]
 
 _CSC_OPTIONS = set(CSC_OPTION_DEFAULTS)
+
+#: In conv units, a zero-initialised conv's re-initialised atoms get (at most) this norm.
+ZERO_ATOM_NORM = 1e-8
 
 
 @dataclass
@@ -131,17 +135,17 @@ def _select(
     convertible = [(n, m, k) for n, m, k, _ in convs if not k.startswith("!") and k != "csc"]
     if layers == "all":
         chosen = {n for n, _, _ in convertible}
-        why_not = ""
+        why_not, why = "", "layers='all'"
     elif layers == "stem":
         chosen = {convertible[0][0]} if convertible else set()
-        why_not = "not the stem (the first convolution)"
+        why_not, why = "not the stem (the first convolution)", "the stem (the first convolution)"
     else:
         patterns = _as_list(layers)
         chosen = {n for n, _, _ in convertible if _matches(n, patterns)}
         if not chosen:
             raise ValueError(f"layers {patterns} match no convolution (names look like {convertible[0][0]!r})"
                              if convertible else "the model has no convolution to convert")
-        why_not = f"not matched by {patterns}"
+        why_not, why = f"not matched by {patterns}", f"matched by {patterns}"
     reasons: Dict[str, str] = {}
     for name, module, _ in convertible:
         if name not in chosen:
@@ -155,11 +159,15 @@ def _select(
         elif depthwise is not None and (module.groups > 1 and module.groups == module.in_channels) != depthwise:
             reasons[name] = "depthwise" if not depthwise else "not depthwise"
         else:
-            reasons[name] = ""
+            reasons[name] = "+" + why  # chosen, and why
     for pattern in include:
         if not any(_matches(n, [pattern]) for n, _, _ in convertible):
             raise ValueError(f"include pattern {pattern!r} matches no convolution")
     return reasons
+
+
+def _chosen(reason: str) -> bool:
+    return reason.startswith("+")
 
 
 def _has_reparameterizable(model: nn.Module) -> bool:
@@ -177,9 +185,16 @@ def convert(
     depthwise: Optional[bool] = None,
     reparameterize: Union[bool, str] = "auto",
     dry_run: bool = False,
+    input_size: Optional[Sequence[int]] = None,
     **csc_options: Any,
 ) -> Tuple[nn.Module, ConversionPlan]:
     """Replace the chosen convolutions of ``model`` (in place) by CSC layers.
+
+    The CSC layers answer in the units of the convs they replace (``units='conv'``: the code times
+    ``||atom_m|| / t`` per channel), so that what follows them -- a BatchNorm's running statistics,
+    an activation, a residual sum -- sees the scale it was trained on: with ``steps=1, lam=0,
+    nonneg=False`` the converted model computes exactly the original function. Pass
+    ``units='code'`` for layers that return the bare sparse code (as SDNet's do).
 
     Args:
         layers: ``'all'``, ``'stem'`` (the first convolution, in registration order -- the input
@@ -191,13 +206,16 @@ def convert(
             are fused first with timm's ``reparameterize_model`` when ``'auto'``/``True``; ``False``
             refuses them.
         dry_run: plan only, change nothing.
-        csc_options: the CSC layers' options (``lam``, ``steps``, ``nonneg``, ...).
+        input_size: ``(C, H, W)`` of the model's input: every new layer's step size is estimated
+            (to convergence) and stored at the size its input has then, so the model file holds it.
+        csc_options: the CSC layers' options (``lam``, ``steps``, ``nonneg``, ``units``...).
 
     Returns ``(model, plan)``. Converting a converted model again changes nothing.
     """
     unknown = set(csc_options) - _CSC_OPTIONS
     if unknown:
         raise ValueError(f"unknown CSC option(s) {sorted(unknown)}; valid: {sorted(_CSC_OPTIONS)}")
+    csc_options = {"units": "conv", **csc_options}
     notes: List[str] = []
     reparam = False
     if _has_reparameterizable(model):
@@ -215,33 +233,76 @@ def convert(
         raise ValueError("the model has no convolution to convert")
     reasons = _select(convs, layers, _as_list(include), _as_list(exclude), kernel_sizes, depthwise)
     entries: List[ConvPlanEntry] = []
+    new_layers = []
     for name, module, kind, aliases in convs:
         if kind == "csc":
             entries.append(_entry(name, module, "keep", "already a CSC layer", aliases))
         elif kind.startswith("!"):
             entries.append(_entry(name, module, "skip", kind[1:], aliases))
-        elif reasons[name]:
+        elif not _chosen(reasons[name]):
             entries.append(_entry(name, module, "skip", reasons[name], aliases))
         else:
-            entry = _entry(name, module, "replace", "", aliases)
-            notes_here = []
+            notes_here = [reasons[name][1:]]
             if kind in ("std", "std_same"):
                 notes_here.append("dictionary = the standardised weight")
             elif kind == "same":
                 notes_here.append("TF 'SAME' padding, resolved per input size")
+            elif kind == "conv_t":
+                notes_here.append("transposed: sparse deconvolution")
             zero = not bool(_dictionary(module, kind).any())  # e.g. a zero-initialised gain
             if zero:
                 # a zero dictionary has no atoms: its codes are 0 and, through the threshold, so
-                # are its gradients -- it would stay dead forever (timm zero-inits some last convs)
-                notes_here.append("all-zero weight (zero-initialised): atoms re-initialised")
-            entry.reason = "; ".join(notes_here)
-            entries.append(entry)
+                # are its gradients -- it would stay dead forever (timm zero-inits some last convs).
+                # In conv units the output is homogeneous of degree 1 in the weight: atoms at a
+                # tiny norm keep the output ~0 (the original's) with gradients of full size.
+                notes_here.append("all-zero weight (zero-initialised): atoms re-initialised" +
+                                  (f" at norm {ZERO_ATOM_NORM:g}, output ~0" if csc_options["units"] == "conv" else ""))
+            entries.append(_entry(name, module, "replace", "; ".join(notes_here), aliases))
             if not dry_run:
                 layer = edit_model(model, to_csc_edit(module, name, aliases, **csc_options))
                 if zero:
                     with torch.no_grad():
                         nn.init.kaiming_uniform_(layer.weight, a=5 ** 0.5)
+                        if layer.units == "conv":
+                            norms = layer.geometry.atom_norms(layer.weight)
+                            layer.weight.mul_(ZERO_ATOM_NORM / norms.max())
+                new_layers.append(layer)
+    if new_layers and input_size is not None:
+        store_step_sizes(model, input_size, new_layers)
     return model, ConversionPlan(entries=entries, reparameterized=reparam, notes=notes)
+
+
+@torch.no_grad()
+def store_step_sizes(model: nn.Module, input_size: Sequence[int], layers: Optional[Sequence[CSCConvNd]] = None) -> int:
+    """Estimate (to convergence) and store the step size of each CSC layer of ``model`` (or of
+    ``layers``) at the size its input has when ``model`` runs on one ``input_size`` (C, H, W) input.
+    Runs one eval forward on zeros; the model's state is otherwise unchanged. Returns how many."""
+    targets = {id(m) for m in (layers if layers is not None else csc_layers(model).values())}
+    done = set()
+    handles = []
+
+    def pre_hook(layer, args, kwargs):
+        if id(layer) in targets and id(layer) not in done:
+            x = args[0]
+            out_size = kwargs.get("output_size", args[1] if len(args) > 1 and layer.transposed else None)
+            spatial = layer._spatial_output_size(x, out_size)
+            layer.refresh_step_size(tuple(x.shape[-layer._dim:]), output_size=spatial)
+            done.add(id(layer))
+
+    for module in model.modules():
+        if isinstance(module, CSCConvNd) and id(module) in targets:
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    reference = next(iter(model.parameters()), None)
+    factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, *[int(v) for v in input_size], **factory))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return len(done)
 
 
 # ----------------------------------------------------------------------------- after conversion
@@ -273,19 +334,105 @@ def calibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int 
 def output_distance(reference: nn.Module, candidate: nn.Module, images: torch.Tensor) -> Dict[str, float]:
     """How far ``candidate``'s predictions are from ``reference``'s on ``images`` (both in eval
     mode): top-1 agreement and the mean KL(reference || candidate) of the softmax outputs."""
-    ref_mode, cand_mode = reference.training, candidate.training
-    reference.eval()
-    candidate.eval()
+    return _compare(_eval_forward(reference, images), _eval_forward(candidate, images))
+
+
+def _eval_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
     try:
-        p = reference(images).float()
-        q = candidate(images).float()
+        return model(images)
     finally:
-        reference.train(ref_mode)
-        candidate.train(cand_mode)
+        model.train(was_training)
+
+
+def _compare(p: torch.Tensor, q: torch.Tensor) -> Dict[str, Any]:
+    p, q = p.float(), q.float()
     if p.shape != q.shape:
         raise ValueError(f"output shapes differ: {tuple(p.shape)} vs {tuple(q.shape)}")
     logp = torch.log_softmax(p.flatten(1), dim=1)
     logq = torch.log_softmax(q.flatten(1), dim=1)
     kl = (logp.exp() * (logp - logq)).sum(dim=1).mean()
     agree = (p.flatten(1).argmax(1) == q.flatten(1).argmax(1)).float().mean()
-    return {"top1_agreement": float(agree), "kl": float(kl), "images": int(images.shape[0])}
+    return {"top1_agreement": float(agree), "kl": float(kl), "images": int(p.shape[0])}
+
+
+#: A model "predicts one class" when its most frequent prediction takes at least this share of images.
+ONE_CLASS_SHARE = 0.9
+#: ... and its predictions are near-uniform when their mean entropy is at least this share of log(classes).
+UNIFORM_ENTROPY = 0.98
+
+
+def _prediction_summary(logits: torch.Tensor, labels: Optional[torch.Tensor]) -> Dict[str, Any]:
+    logp = torch.log_softmax(logits.flatten(1).float(), dim=1)
+    pred = logp.argmax(1)
+    counts = torch.bincount(pred, minlength=logp.shape[1])
+    summary: Dict[str, Any] = {
+        "entropy": float(-(logp.exp() * logp).sum(1).mean()),  # mean prediction entropy, nats
+        "max_entropy": float(torch.log(torch.tensor(float(logp.shape[1])))),
+        "distinct_predictions": int((counts > 0).sum()),
+        "top_class": int(counts.argmax()),
+        "top_class_share": float(counts.max()) / max(1, int(pred.numel())),
+    }
+    if labels is not None:
+        summary["accuracy"] = float((pred.cpu() == labels.cpu()).float().mean())
+    return summary
+
+
+@torch.no_grad()
+def code_density(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
+    """Per CSC layer of ``model`` (eval mode, on ``images``): the fraction of non-zero code entries."""
+    return _forward_with_density(model, images)[1]
+
+
+def _forward_with_density(model: nn.Module, images: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+    layers = csc_layers(model)
+    counts: Dict[str, List[float]] = {n: [0.0, 0.0] for n in layers}
+    handles = []
+    for name, layer in layers.items():
+        def hook(mod, inputs, output, name=name):
+            z = mod.code_from_output(output, inputs[0].shape[-mod._dim:])
+            counts[name][0] += float((z != 0).sum())
+            counts[name][1] += float(z.numel())
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        logits = _eval_forward(model, images)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, {n: (c[0] / c[1] if c[1] else 0.0) for n, c in counts.items()}
+
+
+@torch.no_grad()
+def conversion_report(reference: nn.Module, candidate: nn.Module, images: torch.Tensor,
+                      labels: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """What a conversion did to the function, with what makes the figures meaningful.
+
+    ``{top1_agreement, kl, images, source, converted, layers, dead_layers, warnings}``: agreement
+    and KL as :func:`output_distance`; for each model its mean prediction entropy, how many distinct
+    classes it predicts and the share of the most frequent one (and its accuracy, with ``labels``);
+    per CSC layer of ``candidate`` the fraction of non-zero codes. Warnings (one line each, with what
+    to do) when either model predicts (almost) one class -- agreement then says little -- and for
+    every dead layer (no non-zero code on any image)."""
+    ref_logits = _eval_forward(reference, images)
+    cand_logits, density = _forward_with_density(candidate, images)
+    distance = _compare(ref_logits, cand_logits)
+    source, converted = _prediction_summary(ref_logits, labels), _prediction_summary(cand_logits, labels)
+    dead = [n for n, d in density.items() if d == 0.0]
+    warnings: List[str] = []
+    n = int(images.shape[0])
+    for who, summary in (("the source model", source), ("the converted model", converted)):
+        if n >= 2 and summary["top_class_share"] >= ONE_CLASS_SHARE:
+            warnings.append(
+                f"{who} predicts class {summary['top_class']} for {summary['top_class_share']:.0%} of the {n} "
+                "images: the agreement figure says little (untrained weights, or a dead layer?)")
+        elif summary["entropy"] >= UNIFORM_ENTROPY * summary["max_entropy"] > 0:
+            warnings.append(
+                f"{who}'s predictions are near-uniform (entropy {summary['entropy']:.3f} of at most "
+                f"{summary['max_entropy']:.3f} nats): the agreement figure says little (untrained weights?)")
+    if dead:
+        shown = ", ".join(dead[:4]) + (f" and {len(dead) - 4} more" if len(dead) > 4 else "")
+        warnings.append(f"{len(dead)} of {len(density)} CSC layers output no non-zero code on these images ({shown}): "
+                        "lower their lambda (--lambda) or re-estimate the BatchNorms (--calibrate-bn N)")
+    return {**distance, "source": source, "converted": converted, "layers": density, "dead_layers": dead,
+            "warnings": warnings}

@@ -15,6 +15,12 @@ The layer is thin: the math lives in :mod:`csc_cli.core`. What it owns is state:
   size changes); eval forwards only read it. An eval input of another size gets its own
   deterministic, converged estimate (memoised, never written to the state), so the step is right
   at every size and a loaded model uses the right step on its first forward.
+
+``units`` says what ``forward`` returns: ``'code'`` (default) the sparse code itself, as SDNet's
+layers do; ``'conv'`` the code times ``||atom_m|| / t`` per channel -- in the units of the conv it
+replaces, so that one signed step at ``lam = 0`` *is* that conv, and one non-negative step is
+``relu(conv(x, W) - lam ||W_m||)``. :func:`csc_cli.convert` uses it for function-preserving warm
+starts; :meth:`CSCConvNd.code_from_output` turns a forward output back into the code.
 """
 
 from __future__ import annotations
@@ -47,7 +53,12 @@ CSC_OPTION_DEFAULTS: Dict[str, Any] = {
     "power_restart": 0.05,
     "cg_iters": 100,
     "cg_tol": 1e-6,
+    "units": "code",
 }
+
+#: What a CSC layer's forward returns: the sparse code itself, or the code in the units of the conv
+#: it replaces (times ``||atom_m|| / t`` per channel: with one signed step at lam 0 it *is* the conv).
+UNITS = ("code", "conv")
 
 _EVAL_CACHE_SIZE = 16
 _WARM_MAX_ITERS = 50
@@ -98,6 +109,7 @@ class CSCConvNd(nn.Module):
         power_restart: float = 0.05,
         cg_iters: int = 100,
         cg_tol: float = 1e-6,
+        units: str = "code",
     ) -> None:
         super().__init__()
         geometry = ConvGeometry.create(
@@ -105,13 +117,13 @@ class CSCConvNd(nn.Module):
         )
         self._setup(geometry, bias, device, dtype, lam=lam, steps=steps, nonneg=nonneg, mu=mu, method=method,
                     backward=backward, step_scale=step_scale, power_iters=power_iters, power_tol=power_tol,
-                    power_restart=power_restart, cg_iters=cg_iters, cg_tol=cg_tol)
+                    power_restart=power_restart, cg_iters=cg_iters, cg_tol=cg_tol, units=units)
         # nn.Conv-compatible attributes, for code that inspects convs
         self.padding = padding if isinstance(padding, str) else tuple(b for b, _ in geometry.padding)
         self.padding_mode = padding_mode
 
     def _setup(self, geometry: Geometry, bias: bool, device, dtype, *, lam, steps, nonneg, mu, method, backward,
-               step_scale, power_iters, power_tol, power_restart, cg_iters, cg_tol) -> None:
+               step_scale, power_iters, power_tol, power_restart, cg_iters, cg_tol, units="code") -> None:
         """What every CSC layer holds, for a validated geometry: options, weight, bias, lam, step state."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
@@ -129,6 +141,8 @@ class CSCConvNd(nn.Module):
             raise ValueError(f"power_tol must be >= 0, got {power_tol!r}")
         if not power_restart > 0:
             raise ValueError(f"power_restart must be > 0, got {power_restart!r}")
+        if units not in UNITS:
+            raise ValueError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
         if cg_iters < 1 or not cg_tol > 0:
             raise ValueError(f"cg_iters must be >= 1 and cg_tol > 0, got {cg_iters!r}, {cg_tol!r}")
         factory = {"device": device, "dtype": dtype}
@@ -144,6 +158,7 @@ class CSCConvNd(nn.Module):
         self.power_restart = float(power_restart)
         self.cg_iters = int(cg_iters)
         self.cg_tol = float(cg_tol)
+        self.units = units
         # attack-time only (csc attack's gradient modes): softplus temperature of the threshold's
         # backward; 0 = the exact gradient. Not a model option, never saved.
         self.surrogate = 0.0
@@ -227,6 +242,7 @@ class CSCConvNd(nn.Module):
             "power_restart": self.power_restart,
             "cg_iters": self.cg_iters,
             "cg_tol": self.cg_tol,
+            "units": self.units,
         }
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -438,6 +454,12 @@ class CSCConvNd(nn.Module):
         size (a transposed layer resolves its output padding from it, as ``nn.ConvTranspose`` does).
         Refreshes the step size in training mode.
         """
+        z, diag, _ = self._solve(x, lam=lam, steps=steps, method=method, trace=trace, z0=z0, output_size=output_size)
+        return z, diag
+
+    def _solve(self, x: Tensor, *, lam=None, steps=None, method=None, trace=False, z0=None,
+               output_size=None) -> Tuple[Tensor, Optional[SolverTrace], Tensor]:
+        """:meth:`solve`, also returning the step size it used."""
         output_size = self._spatial_output_size(x, output_size)
         x, unbatched = self._batched(x, "input")
         if x.shape[1] != self.in_channels:
@@ -447,6 +469,7 @@ class CSCConvNd(nn.Module):
         geometry.output_size(size)  # clear errors for inputs too small for the kernel/padding
         atoms = self.atoms
         lip = self._lipschitz_for(size, atoms, refresh=self.training, geometry=geometry)
+        step = self._step(lip)
         lam_value = self.lam if lam is None else lam
         if lam is not None and not isinstance(lam, Tensor):
             lam_value = _check_lam(lam)
@@ -455,7 +478,7 @@ class CSCConvNd(nn.Module):
             atoms,
             geometry,
             lam_value,
-            self._step(lip),
+            step,
             self.steps if steps is None else steps,
             nonneg=self.nonneg,
             mu=self.mu,
@@ -468,21 +491,47 @@ class CSCConvNd(nn.Module):
             surrogate=self.surrogate,
             damping=self.implicit_damping,
         )
-        return (z.squeeze(0) if unbatched else z), diag
+        return (z.squeeze(0) if unbatched else z), diag, step
 
     def forward(self, x: Tensor, lam: Union[None, float, Tensor] = None) -> Tensor:
-        """The code of ``x`` (plus the bias, if any): the shape ``nn.ConvNd`` would return."""
-        z, _ = self.solve(x, lam=lam)
-        return self._add_bias(z)
+        """The code of ``x`` (in the layer's ``units``; plus the bias, if any): the shape ``nn.ConvNd``
+        would return."""
+        z, _, step = self._solve(x, lam=lam)
+        return self._output(z, step)
 
-    def _add_bias(self, z: Tensor) -> Tensor:
+    def _gain(self, step: Tensor) -> Optional[Tensor]:
+        """The per-channel factor from code to output, ``||atom_m|| / t`` (None in code units)."""
+        if self.units == "code":
+            return None
+        return (self.geometry.atom_norms(self.weight) / step).view(-1, *([1] * self._dim))
+
+    def _output(self, z: Tensor, step: Tensor) -> Tensor:
+        gain = self._gain(step)
+        if gain is not None:
+            z = z * gain
         if self.bias is not None:
             z = z + self.bias.view(-1, *([1] * self._dim))
         return z
 
+    def output_gain(self, size: Sequence[int], output_size: Optional[Sequence[int]] = None) -> Tensor:
+        """The per-channel factor ``forward`` multiplies the code by at input size ``size``, shape
+        ``(out_channels,)``: ones in code units, ``||atom_m|| / t`` in conv units (pure)."""
+        gain = self._gain(self.step_size_for(size, output_size))
+        return torch.ones_like(self.lam).expand(self.out_channels) if gain is None else gain.flatten()
+
+    def code_from_output(self, output: Tensor, size: Sequence[int]) -> Tensor:
+        """The sparse code behind a :meth:`forward` output for an input of spatial ``size`` (the bias
+        removed, conv units divided out): what :meth:`decode` takes."""
+        z = output
+        if self.bias is not None:
+            z = z - self.bias.view(-1, *([1] * self._dim))
+        if self.units == "code":
+            return z
+        gain = self._gain(self.step_size_for(size, tuple(output.shape[-self._dim:])))
+        return z if gain is None else z / gain.clamp_min(torch.finfo(z.dtype).tiny)
+
     def decode(self, z: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
-        """``A z`` (the bias is not part of the code: pass ``forward(x) - bias``, or a code from
-        :meth:`solve`). ``output_size`` is the input's spatial size; by default the largest size
+        """``A z`` for a code from :meth:`solve` (or :meth:`code_from_output` of a forward output). ``output_size`` is the input's spatial size; by default the largest size
         whose code has ``z``'s shape (unambiguous for stride 1; the usual even sizes otherwise)."""
         z, unbatched = self._batched(z, "code")
         if z.shape[1] != self.out_channels:
@@ -545,6 +594,8 @@ class CSCConvNd(nn.Module):
         if self.mu:
             s += f", mu={self.mu:g}"
         s += f", method={self.method!r}, backward={self.backward!r}, step_scale={self.step_scale:g}"
+        if self.units != "code":
+            s += f", units={self.units!r}"
         return s
 
 
@@ -623,6 +674,7 @@ class CSCConvTransposeNd(CSCConvNd):
         power_restart: float = 0.05,
         cg_iters: int = 100,
         cg_tol: float = 1e-6,
+        units: str = "code",
     ) -> None:
         nn.Module.__init__(self)
         geometry = TransposedConvGeometry.create(
@@ -631,7 +683,7 @@ class CSCConvTransposeNd(CSCConvNd):
         )
         self._setup(geometry, bias, device, dtype, lam=lam, steps=steps, nonneg=nonneg, mu=mu, method=method,
                     backward=backward, step_scale=step_scale, power_iters=power_iters, power_tol=power_tol,
-                    power_restart=power_restart, cg_iters=cg_iters, cg_tol=cg_tol)
+                    power_restart=power_restart, cg_iters=cg_iters, cg_tol=cg_tol, units=units)
         # nn.ConvTranspose-compatible attributes
         self.padding = geometry.padding
         self.output_padding = geometry.output_padding
@@ -675,8 +727,8 @@ class CSCConvTransposeNd(CSCConvNd):
                 lam: Union[None, float, Tensor] = None) -> Tensor:
         """The code of ``x`` (plus the bias, if any): the shape ``nn.ConvTranspose`` returns, with
         ``output_size`` resolving the output padding exactly as it does."""
-        z, _ = self.solve(x, lam=lam, output_size=output_size)
-        return self._add_bias(z)
+        z, _, step = self._solve(x, lam=lam, output_size=output_size)
+        return self._output(z, step)
 
     def _decoder(self, code_size: Tuple[int, ...], output_size: Optional[Sequence[int]]) -> Tuple[Geometry, Tuple[int, ...]]:
         """``decode(z, output_size)``: ``output_size`` is the input's spatial size; by default the one

@@ -229,7 +229,7 @@ def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "ste
     if csc == "none":
         return model
     if not _is_basic_resnet(model):
-        convert(model, "stem" if csc == "stem" else "all", **csc_options)
+        convert(model, "stem" if csc == "stem" else "all", **{"units": "code", **csc_options})
         return model
     edit_model(model, to_csc_edit(model.conv1, "conv1", **csc_options))
     edit_model(model, Edit("identity", "act1"))

@@ -1,9 +1,15 @@
-"""PNG figures for eval results (matplotlib, headless)."""
+"""Every PNG figure csc draws (matplotlib, headless): eval's curves and inspect's per-layer plots.
+
+Figures with one entry per CSC layer are laid out for the number of layers: bar charts grow with
+it and their labels shrink, line plots wrap into a grid of panels of a few layers each, so a model
+with 50+ CSC layers stays readable. No torch here: the figures take plain numbers.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 def _pyplot():
@@ -78,3 +84,82 @@ def eval_figures(result: Dict[str, Any], out_dir: Path) -> List[str]:
         plt.close(fig)
         written.append(str(path))
     return written
+
+
+# ----------------------------------------------------------------------------- per-layer figures
+LINES_PER_PANEL = 8  # layers drawn in one panel of a line plot
+PANEL_COLUMNS = 3
+
+
+def label_fontsize(count: int, base: float = 9.0, smallest: float = 4.0) -> float:
+    """A font size for ``count`` labels along one axis: ``base`` up to 10, smaller beyond."""
+    return max(smallest, base * min(1.0, math.sqrt(10 / max(count, 1))))
+
+
+def panel_grid(count: int, per_panel: int = LINES_PER_PANEL, columns: int = PANEL_COLUMNS) -> Tuple[int, int, int]:
+    """``(panels, rows, cols)`` for ``count`` series drawn ``per_panel`` to a panel, wrapped at
+    ``columns`` panels a row."""
+    panels = max(1, math.ceil(count / per_panel))
+    cols = min(columns, panels)
+    return panels, math.ceil(panels / cols), cols
+
+
+def codes_figure(codes: Dict[str, Any], path: Path) -> Path:
+    """Non-zero codes per layer (a bar each) and each layer's histogram of positive code values."""
+    plt = _pyplot()
+    names = list(codes["layers"])
+    panels, rows, cols = panel_grid(len(names))
+    width = max(10.0, 0.18 * len(names) + 2)
+    fig = plt.figure(figsize=(width, 3.5 + 3.0 * rows))
+    grid = fig.add_gridspec(1 + rows, cols, height_ratios=[3.5] + [3.0] * rows)
+    bars = fig.add_subplot(grid[0, :])
+    bars.bar(range(len(names)), [100 * codes["layers"][n]["nonzero"] for n in names])
+    bars.set_xticks(range(len(names)), names, rotation=90 if len(names) > 12 else 60,
+                    fontsize=label_fontsize(len(names)))
+    bars.set_xlim(-0.6, len(names) - 0.4)
+    bars.set_ylabel("non-zero codes (%)")
+    for p in range(panels):
+        ax = fig.add_subplot(grid[1 + p // cols, p % cols])
+        chunk = names[p * LINES_PER_PANEL : (p + 1) * LINES_PER_PANEL]
+        for n in chunk:
+            h = codes["layers"][n]["histogram"]
+            ax.plot(h["bin_edges_fraction_of_max"][1:], h["counts"], label=n)
+        ax.set_yscale("log")
+        ax.set_xlabel("positive code value / layer maximum", fontsize=8)
+        ax.set_ylabel("count", fontsize=8)
+        ax.legend(fontsize=6, ncol=1 if len(chunk) <= 4 else 2)
+    return _save(fig, path, dpi=110)
+
+
+def lines_figure(series: Dict[str, Tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, path: Path,
+                 logx: bool = False, logy: bool = False, marks: Optional[Dict[str, int]] = None) -> Path:
+    """One line per layer, ``LINES_PER_PANEL`` layers to a panel, panels wrapped into a grid;
+    ``marks[name] = k`` puts a dot on point k (1-based) of that layer's line."""
+    plt = _pyplot()
+    names = list(series)
+    panels, rows, cols = panel_grid(len(names))
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False, sharey=True)
+    for p, ax in enumerate(axes.flat):
+        if p >= panels:
+            ax.set_visible(False)
+            continue
+        for name in names[p * LINES_PER_PANEL : (p + 1) * LINES_PER_PANEL]:
+            xs, ys = series[name]
+            line = ax.plot(xs, ys, marker=".", label=name)[0]
+            if marks and name in marks and marks[name] <= len(ys):
+                ax.scatter([marks[name]], [ys[marks[name] - 1]], color=line.get_color(), s=40, zorder=3)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=6)
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig, path: Path, dpi: int = 120) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path

@@ -160,8 +160,9 @@ def test_converting_twice_changes_nothing():
 
 
 def test_one_step_no_lambda_is_relu_of_scaled_conv():
-    """steps=1, lam=0: the converted conv computes relu(t * conv(x)) with the conv's atoms at unit
-    norm (the dictionary is weight / ||weight||), plus the conv's bias."""
+    """steps=1, lam=0, code units: the converted conv computes relu(t * conv(x)) with the conv's
+    atoms at unit norm (the dictionary is weight / ||weight||), plus the conv's bias. (In conv units,
+    convert's default, the same code times ||W_m|| / t: tests/test_convert_warm_start.py.)"""
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=True).double()
     model = nn.Sequential(conv)
@@ -170,7 +171,7 @@ def test_one_step_no_lambda_is_relu_of_scaled_conv():
         plain = conv(x) - conv.bias.view(-1, 1, 1)
     norms = conv.weight.flatten(1).norm(dim=1).view(-1, 1, 1)
     bias = conv.bias.detach().clone().view(-1, 1, 1)
-    model, _ = convert(model, "all", steps=1, lam=0.0)
+    model, _ = convert(model, "all", steps=1, lam=0.0, units="code")
     layer = model[0].eval()
     t = layer.step_size_for((11, 11))
     torch.testing.assert_close(layer(x), torch.relu(t * plain / norms) + bias)
@@ -184,7 +185,7 @@ def test_weight_standardised_conv_uses_the_standardised_weight():
     x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
     with torch.no_grad():
         reference = std(x)
-    model, plan = convert(nn.Sequential(std), "all", steps=1, lam=0.0)
+    model, plan = convert(nn.Sequential(std), "all", steps=1, lam=0.0, units="code")
     layer = model[0].eval()
     t = layer.step_size_for((9, 9))
     w_std = F.batch_norm(std.weight.reshape(1, 6, -1), None, None, training=True, momentum=0.0, eps=std.eps)
@@ -200,7 +201,7 @@ def test_tf_same_conv_matches_conv2d_same():
     x = torch.randn(1, 3, 12, 13, dtype=torch.float64)
     with torch.no_grad():
         reference = conv(x)
-    model, _ = convert(nn.Sequential(conv), "all", steps=1, lam=0.0)
+    model, _ = convert(nn.Sequential(conv), "all", steps=1, lam=0.0, units="code")
     layer = model[0].eval()
     out = layer(x)
     norms = conv.weight.flatten(1).norm(dim=1).view(-1, 1, 1)

@@ -34,10 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..choices import BACKWARDS, METHODS
 from .operators import Geometry
-
-METHODS = ("fista", "ista", "heavy_ball")
-BACKWARDS = ("unrolled", "implicit", "recompute")
 
 Number = Union[float, Tensor]
 

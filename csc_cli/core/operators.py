@@ -242,6 +242,10 @@ class ConvGeometry:
         """The dictionary at unit-norm atoms: an atom is one output channel's filter, ``weight[m]``."""
         return normalize_atoms(weight, eps)
 
+    def atom_norms(self, weight: Tensor) -> Tensor:
+        """``||atom_m||_2`` per code channel ``m``, shape ``(out_channels,)``."""
+        return weight.reshape(weight.shape[0], -1).norm(dim=1)
+
     def synthesis(self, z: Tensor, weight: Tensor, input_size: Sequence[int]) -> Tensor:
         """``A z``: the exact adjoint of :meth:`analysis`, shaped like an input of ``input_size``."""
         input_size = tuple(int(s) for s in input_size)
@@ -432,10 +436,17 @@ class TransposedConvGeometry:
     def normalize_atoms(self, weight: Tensor, eps: float = 1e-12) -> Tensor:
         """The dictionary at unit-norm atoms: atom ``(g, m)`` is ``W[g-th block of C_in, m]``."""
         g, cin, cout_g = self.groups, weight.shape[0], weight.shape[1]
-        blocks = weight.reshape(g, cin // g, cout_g, -1)
-        norms = torch.linalg.vector_norm(blocks, dim=(1, 3)).clamp_min(eps)  # (groups, C_out / groups)
+        norms = self._block_norms(weight).clamp_min(eps)  # (groups, C_out / groups)
         norms = norms.repeat_interleave(cin // g, dim=0)  # (C_in, C_out / groups), one row per filter
         return weight / norms.view(cin, cout_g, *([1] * (weight.dim() - 2)))
+
+    def _block_norms(self, weight: Tensor) -> Tensor:
+        g, cin, cout_g = self.groups, weight.shape[0], weight.shape[1]
+        return torch.linalg.vector_norm(weight.reshape(g, cin // g, cout_g, -1), dim=(1, 3))
+
+    def atom_norms(self, weight: Tensor) -> Tensor:
+        """``||atom_m||_2`` per code channel ``m`` (``m = g * C_out / groups + j``), shape ``(out_channels,)``."""
+        return self._block_norms(weight).reshape(-1)
 
     def analysis(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``B^T x (+ bias)``: the transposed convolution, exactly ``nn.ConvTranspose``."""

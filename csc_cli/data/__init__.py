@@ -18,7 +18,7 @@ from .digits import load_digits
 
 __all__ = ["ImageData", "DATASETS", "NORMALIZATION", "load_dataset", "load_digits"]
 
-#: (mean, std) per dataset, per channel. CIFAR: the SDNet authors' constants (PAPER.md).
+#: (mean, std) per dataset, per channel. CIFAR: the SDNet authors' constants (Dai et al., NeurIPS 2022).
 NORMALIZATION = {
     "digits": ((0.3053,), (0.3189,)),  # measured on the 1797 digits upsampled to 16x16
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),

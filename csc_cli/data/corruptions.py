@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-STANDARD = [
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-]
-EXTRA = ["speckle_noise", "gaussian_blur", "spatter", "saturate"]
+from ..choices import CORRUPTIONS_EXTRA, CORRUPTIONS_STANDARD
+
+STANDARD = list(CORRUPTIONS_STANDARD)
+EXTRA = list(CORRUPTIONS_EXTRA)
 ALL = STANDARD + EXTRA
 NOISES = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"]
 

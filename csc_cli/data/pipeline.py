@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AUGMENTATIONS = ("none", "crop_flip", "crop", "imagenet")
+from ..choices import AUGMENTATIONS
 
 
 @dataclass

@@ -1,22 +1,19 @@
 """Jobs: library functions that take a typed config and return a result dataclass.
 
-No argument parsing and no printing here; ``csc_cli.cli`` renders the results.
+No argument parsing and no printing here; ``csc_cli.cli`` renders the results. Progress is reported
+as typed events (:mod:`csc_cli.jobs.events`). The pieces several jobs share -- devices, predictions
+and accuracy, evaluation data, lambda grids -- live in :mod:`csc_cli.jobs.common`; the training
+loop's reusable parts in :mod:`csc_cli.jobs.training`.
 """
 
-import contextlib
+from __future__ import annotations
 
-import torch
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' means CUDA when there is one, else the CPU; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from typing import Any
 
 
-def autocast(device: torch.device, amp: str):
-    """Autocast for 'bf16' / 'fp16'; a no-op for 'none'."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+def __getattr__(name: str) -> Any:  # torch is imported when a job needs it, not by the shell's --help
+    if name in ("resolve_device", "autocast"):
+        from . import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module 'csc_cli.jobs' has no attribute {name!r}")

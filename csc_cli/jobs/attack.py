@@ -11,27 +11,27 @@ from __future__ import annotations
 
 import math
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
 from .. import __version__
-from . import resolve_device
 from ..checkpoint import load
-from ..data.source import open_for_model
+from ..choices import ATTACK_PRESETS
 from ..surgery import card_of
 from ..layers import csc_layers
 from ..robust.attacks import (
     ATTACKS, AUTOATTACK_PARAMETERS, GRADIENT_MODES, NORMS, RULE_MODES, DefendedModel, attacker_copy, canonical_norm,
-    check_eps, fgsm, library_attack, pgd, torchattacks_version, zero_gradient_mask,
+    check_eps, fgsm, input_gradient, library_attack, pgd, torchattacks_version, zero_gradient_mask,
 )
 from ..robust.stats import at_most, check, compare_attacks, tolerance, wilson_interval
 from ..robust.lam import LambdaPolicy, first_csc_layer
-
-ProgressFn = Callable[[str, Dict[str, Any]], None]
+from .common import evaluation_data, over_lambdas, predict, resolve_device
+from .events import AttackCost, ProgressFn, Step, ignore
 WHITE_BOX = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "autoattack")
 SANITY_N = 256  # examples the extra sanity attacks run on (eps sweep, doubling, base model, gradients)
 
@@ -60,9 +60,22 @@ class AttackConfig:
     save_examples: Optional[str] = None
     seed: int = 0
     device: str = "auto"
+    preset: Optional[str] = None  # recorded: the named defaults (choices.ATTACK_PRESETS) this run used
 
     def __post_init__(self) -> None:
         self.norm = canonical_norm(self.norm)  # 'linf', 'l2', ... as well as 'Linf', 'L2'
+
+    @classmethod
+    def with_preset(cls, preset: Optional[str], explicit: Dict[str, Any], **values: Any) -> "AttackConfig":
+        """``values``, with the fields a preset sets taken from it unless in ``explicit`` (the flags
+        the user gave)."""
+        if preset is not None and preset not in ATTACK_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(ATTACK_PRESETS)}")
+        merged = dict(values)
+        for key, value in (ATTACK_PRESETS.get(preset) or {}).items():
+            if key not in explicit:
+                merged[key] = value
+        return cls(**merged, preset=preset)
 
     def validate(self) -> None:
         if self.norm not in NORMS:
@@ -105,6 +118,7 @@ class AttackResult:
     examples: Optional[str]
     versions: Dict[str, str]
     config: Dict[str, Any]
+    cost: Optional[Dict[str, Any]] = None  # the estimate announced before the run (AttackCost)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -118,9 +132,8 @@ def _summary(correct: torch.Tensor) -> Dict[str, Any]:
     return {"accuracy": k / max(n, 1), "correct": k, "n": n, "ci95": [lo, hi]}
 
 
-@torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+    return predict(model, x, x.device, batch).argmax(1).to(x.device)
 
 
 class _Runner:
@@ -191,7 +204,7 @@ def _banner(model: nn.Module, modes: List[str], has_rule: bool) -> Optional[str]
 
 
 def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> AttackResult:
-    emit = progress or (lambda kind, info: None)
+    emit = progress or ignore
     config.validate()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -200,9 +213,9 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
         raise ValueError(f"{config.model} has no normalisation metadata: attacks need raw [0, 1] images and a model "
                          "that normalises them (save it with csc train, or csc_cli.save(..., normalization=...); "
                          "mean 0 and std 1 for a model that takes [0, 1] images as they are)")
-    test = open_for_model(card_of(model), "test", config.dataset, config.data_dir)
-    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(config.seed))[: config.n].sort().values
-    x, y = test.take(idx)  # only the attacked examples are read (a folder split is never loaded whole)
+    sample = evaluation_data(card_of(model), config.dataset, config.data_dir, config.n, config.seed)
+    test = sample.split
+    x, y = sample.take()  # only the attacked examples are read (a folder split is never loaded whole)
     x, y = x.to(device), y.to(device)
     diameter = math.sqrt(x[0].numel())
     if config.norm == "L2" and config.eps > diameter:
@@ -214,10 +227,12 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     defended = DefendedModel(model, lam_values, rule)
     modes = _modes_for(config, has_csc, rule is not None)
     runner = _Runner(config, defended, x, y, test.num_classes)
+    cost = estimate_cost(config, defended, modes, x, y, test.num_classes)
+    emit(cost)
 
     clean_correct = runner.robust(x)
     clean = _summary(clean_correct)
-    emit("clean", clean)
+    emit(Step("clean", 1, 1))
     worst = clean_correct.clone()
     results: List[Dict[str, Any]] = []
     adversarial: Dict[str, torch.Tensor] = {}
@@ -232,7 +247,7 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
         survived[(attack, mode)] = robust
         adversarial[f"{attack}/{mode}"] = adv
         results.append({"attack": attack, "mode": mode, **_summary(robust)})
-        emit("attack", {"done": i + 1, "total": len(jobs), "attack": attack, "mode": mode})
+        emit(Step("attack", i + 1, len(jobs), f"{attack} {mode}"))
     robust_summary = _summary(worst)
     robust_summary["label"] = "per-example worst case over every attack and gradient mode"
 
@@ -252,7 +267,51 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     return AttackResult(model=config.model, dataset=test.name, n=int(x.shape[0]), threat=threat, clean=clean,
                         results=results, robust=robust_summary, sanity=sanity,
                         banner=_banner(model, modes, rule is not None), sweep=sweep, examples=examples,
-                        versions=versions, config=asdict(config))
+                        versions=versions, config=asdict(config), cost=asdict(cost))
+
+
+def _passes(config: AttackConfig, attack: str, n_classes: int) -> "tuple[int, int]":
+    """Gradient and forward passes per example of one run of ``attack`` (an upper bound: Square and
+    the ensemble stop early on examples already broken)."""
+    targets = max(1, min(9, n_classes - 1))
+    pgd_steps = config.steps * config.restarts
+    return {"fgsm": (1, 1), "pgd": (pgd_steps, pgd_steps + 1), "apgd-ce": (100, 101), "apgd-dlr": (100, 101),
+            "square": (0, config.square_queries + 1),
+            "autoattack": (100 + 2 * 100 * targets, 100 + 2 * 100 * targets + config.square_queries)}[attack]
+
+
+def estimate_cost(config: AttackConfig, defended: DefendedModel, modes: List[str], x: torch.Tensor,
+                  y: torch.Tensor, n_classes: int) -> AttackCost:
+    """Count the model passes the run will make (attacks x gradient modes on ``n`` examples, the
+    sanity checks' extra PGD runs on up to SANITY_N, the lambda sweep) and time one forward and one
+    gradient pass on a batch here, to say up front how long it will take."""
+    n, n_sub = x.shape[0], min(SANITY_N, x.shape[0])
+    steps = [m.steps for m in csc_layers(defended.model).values()]
+    more = max(4 * max(steps), 10) / max(steps) if steps else 1.0  # the more-steps mode's extra solver work
+    grads = fwds = 0.0
+    for attack in config.attacks:
+        g, f = _passes(config, attack, n_classes)
+        for mode in (modes if attack in WHITE_BOX else ["black-box"]):
+            factor = more if mode == "more-steps" else 1.0
+            grads, fwds = grads + g * n * factor, fwds + f * n
+    pgd_g, pgd_f = _passes(config, "pgd", n_classes)
+    if config.sanity:  # 5 eps, doubled steps and restarts (4x), the base model, the gradient check
+        grads += (5 + 4 + 1) * pgd_g * n_sub + n_sub
+        fwds += (5 + 4 + 1) * pgd_f * n_sub + 3 * 32
+    if config.lambda_sweep:
+        sweep_modes = [m for m in modes if m not in RULE_MODES] or ["unrolled"]
+        grads += len(config.lambda_sweep) * pgd_g * n * len(sweep_modes)
+        fwds += len(config.lambda_sweep) * (pgd_f * len(sweep_modes) + 1) * n
+    xb, yb = x[: min(config.batch_size, n)], y[: min(config.batch_size, n)]
+    started = time.perf_counter()
+    with torch.no_grad():
+        defended(xb)
+    forward_s = (time.perf_counter() - started) / xb.shape[0]
+    started = time.perf_counter()
+    input_gradient(defended, xb, yb)
+    gradient_s = (time.perf_counter() - started) / xb.shape[0]
+    return AttackCost(gradient_passes=int(grads), forward_passes=int(fwds), seconds=grads * gradient_s + fwds * forward_s,
+                      device=str(x.device), preset=config.preset)
 
 
 # ----------------------------------------------------------------------------- sanity checks
@@ -301,7 +360,7 @@ def _sanity_checks(config, runner, defended, attackers, survived, x, y, model, e
                         + f" of {n_sub}; largest rise: {worst_step['changed']} example(s) robust at a larger eps but "
                         f"broken at a smaller one ({len(rising)} significant rise(s)); {left} left at eps {large:.4g} "
                         f"(allowed {allowed})", changed=left, n=n_sub, allowed=allowed))
-    emit("sanity", {"done": 3, "total": 8})
+    emit(Step("sanity", 3, 8))
     base = runner.robust(runner.run("pgd", unrolled, x=x[:n_sub]))
     doubled = runner.robust(runner.run("pgd", unrolled, steps=2 * config.steps, restarts=2 * config.restarts, x=x[:n_sub]))
     checks.append(compare_attacks("doubling steps and restarts breaks no more examples", base, doubled,
@@ -320,7 +379,7 @@ def _sanity_checks(config, runner, defended, attackers, survived, x, y, model, e
     zero = int(zero_gradient_mask(unrolled, x[:n_sub], y[:n_sub]).sum())
     checks.append(at_most("gradients are not zero", zero, n_sub, 0.01,
                           "examples with an exactly zero input gradient of the logit margin"))
-    emit("sanity", {"done": 8, "total": 8})
+    emit(Step("sanity", 8, 8))
     return checks
 
 
@@ -346,17 +405,20 @@ def _lambda_sweep(config, model, x, y, n_classes, modes, emit) -> List[Dict[str,
     if not csc_layers(model):
         raise ValueError("this model has no CSC layer: --lambda-sweep does not apply")
     first = first_csc_layer(model)
-    rows = []
-    for i, lam in enumerate(config.lambda_sweep):
-        defended = DefendedModel(model, {first: lam})
+    done = [0]
+
+    def measure(lam: float) -> Dict[str, Any]:
+        defended = DefendedModel(model)  # the layer's lambda is set to ``lam`` for the whole measurement
         runner = _Runner(config, defended, x, y, n_classes)
         clean = runner.robust(x)
         worst = clean.clone()
         for mode in [m for m in modes if m not in RULE_MODES] or ["unrolled"]:
             worst &= runner.robust(runner.run("pgd", attacker_copy(defended, mode)))
-        rows.append({"lambda": lam, "clean": _summary(clean), "robust": _summary(worst)})
-        emit("sweep", {"done": i + 1, "total": len(config.lambda_sweep)})
-    return rows
+        done[0] += 1
+        emit(Step("sweep", done[0], len(config.lambda_sweep), f"lambda {lam:g}"))
+        return {"lambda": lam, "clean": _summary(clean), "robust": _summary(worst)}
+
+    return over_lambdas(model, first, config.lambda_sweep, measure)
 
 
 def _save_examples(config, x, adversarial, worst) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import load, save
-from ..convert import calibrate_batchnorm, convert, output_distance
+from ..convert import calibrate_batchnorm, conversion_report, convert
 from ..data import NORMALIZATION
 from ..data.source import is_streamed, open_split
 from ..models import create_model
@@ -35,7 +35,7 @@ class ConvertConfig:
     calibrate_bn: int = 0
     data: Optional[str] = None
     data_dir: Optional[Path] = None
-    compare_images: int = 16
+    compare_images: int = 64
     seed: int = 0
 
 
@@ -50,6 +50,7 @@ class ConvertResult:
     calibrated_batchnorms: int
     out: Optional[str]
     dry_run: bool
+    warnings: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -110,18 +111,22 @@ def _build_source(config: ConvertConfig) -> nn.Module:
     return model
 
 
-def _calibration_images(config: ConvertConfig, model: nn.Module, n: int, split: str):
-    """Raw [0, 1] images from the dataset (only the ``n`` drawn are read), or seeded uniform noise
-    shaped like the model's input."""
+def _open(config: ConvertConfig, model: nn.Module, split: str):
+    card = card_of(model)  # image files are decoded at the model's input size; tensors are stored at theirs
+    size = card.data.input_size[-1] if card.data.input_size and is_streamed(config.data) else None
+    return open_split(config.data, split, config.data_dir, image_size=size, resize=card.data.resize)
+
+
+def _sample(config: ConvertConfig, data, model: nn.Module, n: int, split: str):
+    """``(images, labels or None, description)``: ``n`` seeded raw [0, 1] images of ``data`` (only
+    those are read), or seeded uniform noise shaped like the model's input when there is no data."""
     gen = torch.Generator().manual_seed(config.seed)
-    if config.data:
-        card = card_of(model)  # image files are decoded at the model's input size; tensors are stored at theirs
-        size = card.data.input_size[-1] if card.data.input_size and is_streamed(config.data) else None
-        data = open_split(config.data, split, config.data_dir, image_size=size, resize=card.data.resize)
+    if data is not None:
         idx = torch.randperm(len(data), generator=gen)[:n].sort().values
-        return data.take(idx)[0], f"{data.name} {split} ({len(idx)} images)", data
+        images, labels = data.take(idx)[:2]
+        return images, labels, f"{data.name} {split} ({len(idx)} images)"
     c, h, w = _input_size(model)
-    return torch.rand(n, c, h, w, generator=gen), f"seeded noise {c}x{h}x{w} ({n} images, no dataset given)", None
+    return torch.rand(n, c, h, w, generator=gen), None, f"seeded noise {c}x{h}x{w} ({n} images, no dataset given)"
 
 
 def _input_size(model: nn.Module):
@@ -148,12 +153,22 @@ def _data_contract(config: ConvertConfig, model: nn.Module) -> None:
         card.update(input_size=[int(v) for v in cfg.get("input_size", (3, 224, 224))])
 
 
+def _untrained_warning(config: ConvertConfig) -> Optional[str]:
+    if config.source.startswith("timm:") and not config.pretrained and config.weights is None:
+        return (f"{config.source} has random weights (no --pretrained or --weights): the conversion keeps "
+                "nothing learned")
+    return None
+
+
 def run_convert(config: ConvertConfig) -> ConvertResult:
     if config.calibrate_bn and not config.data:
         raise ValueError("--calibrate-bn needs a dataset: add --data NAME (and --data-dir)")
     if config.calibrate_bn < 0:
         raise ValueError(f"--calibrate-bn must be >= 0, got {config.calibrate_bn}")
+    if config.compare_images < 1:
+        raise ValueError(f"--compare-images must be >= 1, got {config.compare_images}")
     torch.manual_seed(config.seed)
+    warnings: List[str] = [w for w in [_untrained_warning(config)] if w]
     model = _build_source(config)
     if config.weights is not None:
         load_weights(model, config.weights)
@@ -161,26 +176,27 @@ def run_convert(config: ConvertConfig) -> ConvertResult:
     arch = card_of(model).arch
     _data_contract(config, model)
     original = None if config.dry_run else copy.deepcopy(model).eval()
+    test = _open(config, model, "test") if config.data and not config.dry_run else None
+    input_size = list(test.input_size) if test is not None else list(_input_size(model))
     layers: Any = config.layers[0] if len(config.layers) == 1 and config.layers[0] in ("all", "stem") else config.layers
     model, plan = convert(model, layers, include=config.include, exclude=config.exclude,
                           kernel_sizes=config.kernel_sizes, depthwise=config.depthwise,
-                          dry_run=config.dry_run, **config.csc_options)
+                          dry_run=config.dry_run, input_size=None if config.dry_run else input_size,
+                          **config.csc_options)
     distance = None
     calibrated = 0
     out = None
-    data = None
     if not config.dry_run:
         if config.calibrate_bn:
-            images, _, data = _calibration_images(config, model, config.calibrate_bn, "train")
+            images, _, _ = _sample(config, _open(config, model, "train"), model, config.calibrate_bn, "train")
             calibrated = calibrate_batchnorm(model, images)
-        images, label, data_cmp = _calibration_images(config, model, config.compare_images,
-                                                      "test" if config.data else "train")
-        data = data or data_cmp
-        distance = {**output_distance(original, model, images), "on": label}
+        images, labels, label = _sample(config, test, model, config.compare_images, "test" if test else "train")
+        distance = {**conversion_report(original, model, images, labels), "on": label}
+        warnings += distance["warnings"]
         if config.out is not None:
             info: Dict[str, Any] = {"converted_from": config.source, "plan": plan.to_dict()["counts"]}
-            if data is not None:
-                info.update(dataset=data.name, class_names=data.class_names, input_size=list(data.input_size))
+            if test is not None:
+                info.update(dataset=test.name, class_names=test.class_names, input_size=list(test.input_size))
             out = str(save(model.eval(), config.out, **info))
     return ConvertResult(
         source=config.source,
@@ -192,4 +208,5 @@ def run_convert(config: ConvertConfig) -> ConvertResult:
         calibrated_batchnorms=calibrated,
         out=out,
         dry_run=config.dry_run,
+        warnings=warnings,
     )

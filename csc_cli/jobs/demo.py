@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..core import lasso_terms
 from ..data import load_digits
 from ..layers import CSCConv2d
+from .events import ProgressFn, Step
 
 
 @dataclass
@@ -60,8 +61,8 @@ class DemoResult:
         return asdict(self)
 
 
-def run_demo(config: DemoConfig, progress: Optional[Callable[[str, int, int], None]] = None) -> DemoResult:
-    """Run the demo; ``progress(stage, done, total)`` is called as training advances."""
+def run_demo(config: DemoConfig, progress: Optional[ProgressFn] = None) -> DemoResult:
+    """Run the demo; ``progress(Step("learning atoms", done, total))`` is called as training advances."""
     torch.manual_seed(config.seed)
     images, _ = load_digits(config.image_size)
     gen = torch.Generator().manual_seed(config.seed)
@@ -91,7 +92,7 @@ def run_demo(config: DemoConfig, progress: Optional[Callable[[str, int, int], No
             optimizer.step()
             total += loss.detach() * x.shape[0]
             if progress:
-                progress("learning atoms", epoch * batches + b + 1, config.epochs * batches)
+                progress(Step("learning atoms", epoch * batches + b + 1, config.epochs * batches))
         losses.append(float(total) / train.shape[0])
     layer.refresh_step_size((config.image_size, config.image_size))
     layer.eval()

@@ -5,28 +5,29 @@ per-class); a corruption x severity table generated on the fly (or read from CIF
 ImageNet-C folders) with mean corruption error and, against a baseline model, mCE and relative mCE;
 a lambda sweep on the first CSC layer with the best lambda per corruption level ("oracle": chosen on
 the test data, and labelled so); the label-free rule ``lambda = a * r(x) + b`` fitted on corrupted
-*training* images (``calibrate``) and applied per input (``auto``).
+*training* images (``calibrate``) and applied per input (``auto``). With ``csv`` / ``plots`` set,
+the result is also written as CSV rows (:func:`write_csv`) and PNG figures (:mod:`csc_cli.plots`).
 """
 
 from __future__ import annotations
 
+import csv as csvlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import autocast as _amp_autocast, resolve_device
 from ..checkpoint import load, save
 from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
 from ..data.source import open_for_model
 from ..surgery import card_of
-from ..robust.lam import LambdaPolicy, LambdaRule, first_csc_layer, lambda_override, reconstruction_error
-
-ProgressFn = Callable[[str, Dict[str, Any]], None]
+from ..robust.lam import LambdaPolicy, LambdaRule, first_csc_layer, reconstruction_error
+from .common import accuracy, accuracy_over_lambdas, evaluation_data, predict, resolve_device
+from .events import ProgressFn, Step, ignore
 STREAMED_SAMPLE = 1000  # images held in memory for corruptions / sweeps of an image-file dataset
 
 
@@ -52,6 +53,8 @@ class EvalConfig:
     calibration_corruptions: List[str] = field(default_factory=lambda: ["gaussian_noise"])
     out: Optional[str] = None  # model file for the calibrated rule (default: <model>.calibrated.safetensors)
     in_place: bool = False  # write the calibrated rule into the model file itself (only when asked)
+    csv: Optional[str] = None  # write every accuracy as CSV rows here
+    plots: Optional[str] = None  # write PNG figures into this folder
     seed: int = 0
 
 
@@ -67,30 +70,13 @@ class EvalResult:
     calibration: Optional[Dict[str, Any]] = None
     baseline: Optional[Dict[str, Any]] = None
     notes: List[str] = field(default_factory=list)
+    files: List[str] = field(default_factory=list)  # the CSV and figures written
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
 # ----------------------------------------------------------------------------- basics
-
-
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images, device, batch_size: int = 256, amp: str = "none") -> torch.Tensor:
-    """Logits (float32, CPU) of ``model`` (eval mode; it normalises its own input) on raw [0, 1]
-    ``images``: a tensor, or an iterable of ``(images, labels)`` batches (a streamed split)."""
-    batches = images
-    if isinstance(images, torch.Tensor):
-        batches = ((images[start : start + batch_size], None) for start in range(0, images.shape[0], batch_size))
-    outs = []
-    for x, _ in batches:
-        with _amp_autocast(device, amp):
-            outs.append(model(x.to(device)).float().cpu())
-    return torch.cat(outs) if outs else torch.zeros(0)
-
-
 def scores(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict[str, Any]:
     """Top-1, top-5, mean cross-entropy and per-class accuracy."""
     n = labels.numel()
@@ -105,8 +91,8 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Dict
             "loss": float(F.cross_entropy(logits, labels)) if n else 0.0, "per_class": per_class, "n": n}
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels).float().mean())
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device, config: "EvalConfig") -> float:
+    return accuracy(model, (images, labels), device, batch_size=config.batch_size, amp=config.amp).acc
 
 
 # ----------------------------------------------------------------------------- corrupted data
@@ -172,15 +158,12 @@ def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
         xc = x if severity == 0 else corrupt(x, name, severity, seed=config.seed + 7)
         with torch.no_grad():
             r = float(_stem_input_error(model, layer, xc.to(device), reference))
-        accs = []
-        for lam in grid:
-            with lambda_override(model, {layer_name: lam}):
-                accs.append(_accuracy(predict(model, xc, device, config.batch_size, config.amp), y))
+        accs = accuracy_over_lambdas(model, layer_name, grid, xc, y, device, config.batch_size, config.amp)
         pick = grid[int(np.argmax(accs))]
         rs.append(r)
         best.append(pick)
         rows.append({"corruption": name, "severity": severity, "r": r, "best_lam": pick, "accuracies": accs})
-        emit("calibrate", {"done": i + 1, "total": len(levels)})
+        emit(Step("calibrate", i + 1, len(levels), f"{name} s{severity}" if severity else name))
     rule = LambdaRule.fit(layer_name, reference, rs, best, lo=min(grid), hi=max(grid))
     return rule, {"layer": layer_name, "reference_lam": reference, "grid": grid, "levels": rows,
                   "images": int(x.shape[0]), "a": rule.a, "b": rule.b}
@@ -211,7 +194,7 @@ class _Stop(Exception):
 
 # ----------------------------------------------------------------------------- the job
 def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalResult:
-    emit = progress or (lambda kind, info: None)
+    emit = progress or ignore
     if config.max_images is not None and config.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {config.max_images}")
     for s in config.severities:
@@ -224,9 +207,9 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
     model = load(config.model, map_location=device).to(device).eval()
     card = card_of(model)
     dataset = config.dataset or card.data.dataset
-    test = open_for_model(card, "test", dataset, config.data_dir)
-    subset = test.sample(config.max_images, config.seed)
-    labels = test.labels(subset)
+    sample = evaluation_data(card, dataset, config.data_dir, config.max_images, config.seed)
+    test, subset = sample.split, sample.indices
+    labels = sample.labels()
     notes: List[str] = []
     needs_images = bool(corruptions or config.lambda_sweep)
     images: Optional[torch.Tensor] = None
@@ -256,7 +239,7 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
         clean_logits = predict(model, source, device, config.batch_size, config.amp)
         clean = scores(clean_logits, labels, num_classes)
         clean["class_names"] = test.class_names
-        emit("clean", clean)
+        emit(Step("clean", 1, 1))
 
         table = None
         if corruptions:
@@ -267,15 +250,15 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
 
     baseline = None
     if baseline_model is not None and table is not None:
-        b_clean = _accuracy(predict(baseline_model, images, device, config.batch_size), labels)
-        b_table = _corruption_table(baseline_model, corruptions, config, images, labels, device, lambda k, i: None)
+        b_clean = accuracy(baseline_model, (images, labels), device, batch_size=config.batch_size).acc
+        b_table = _corruption_table(baseline_model, corruptions, config, images, labels, device, ignore)
         baseline = _mce(table, b_table, clean["top1"], b_clean)
         baseline["model"] = config.baseline
 
     if table is not None and not policy.auto and card.lambda_rule:
         with LambdaPolicy(auto=True).applied(model):
-            auto = _corruption_table(model, corruptions, config, images, labels, device, lambda k, i: None)
-            auto_clean = _accuracy(predict(model, images, device, config.batch_size, config.amp), labels)
+            auto = _corruption_table(model, corruptions, config, images, labels, device, ignore)
+            auto_clean = _accuracy(model, images, labels, device, config)
         table["auto"] = {"clean": auto_clean, "accuracy": auto["accuracy"], "mean": auto["mean"],
                          "label": "auto: lambda = a * r(x) + b per input, fitted on corrupted training images"}
     sweep = None
@@ -283,8 +266,42 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
         sweep = _sweep(model, grid, corruptions, config, images, labels, device, emit)
         if table is not None:
             table["oracle"] = sweep["oracle"]
-    return EvalResult(model=config.model, dataset=test.name, images=int(labels.numel()), clean=clean, lam=lam_info,
-                      corruptions=table, sweep=sweep, calibration=calibration, baseline=baseline, notes=notes)
+    result = EvalResult(model=config.model, dataset=test.name, images=int(labels.numel()), clean=clean, lam=lam_info,
+                        corruptions=table, sweep=sweep, calibration=calibration, baseline=baseline, notes=notes)
+    if config.csv:
+        result.files.append(str(write_csv(result.to_dict(), Path(config.csv))))
+    if config.plots:
+        from ..plots import eval_figures
+
+        result.files += eval_figures(result.to_dict(), Path(config.plots))
+    return result
+
+
+def write_csv(result: Dict[str, Any], path: Path) -> Path:
+    """Every accuracy of an eval result (``EvalResult.to_dict()``) as rows ``kind, corruption,
+    severity, mode, lambda, accuracy``: clean, per class, per corruption level and lambda mode, and
+    each point of a lambda sweep."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csvlib.writer(fh)
+        w.writerow(["kind", "corruption", "severity", "mode", "lambda", "accuracy"])
+        clean = result["clean"]
+        w.writerow(["clean", "", "", result["lam"]["mode"], "", clean["top1"]])
+        for i, acc in enumerate(clean["per_class"]):
+            w.writerow(["class", clean["class_names"][i], "", result["lam"]["mode"], "", acc])
+        table = result.get("corruptions") or {}
+        for mode, acc in [(result["lam"]["mode"], table.get("accuracy", {}))] + [
+                (k, table[k]["accuracy"]) for k in ("oracle", "auto") if k in table]:
+            for name, per in acc.items():
+                for s, a in per.items():
+                    lam = table["oracle"]["lam"][name][s] if mode == "oracle" else ""
+                    w.writerow(["corruption", name, s, mode, lam, a])
+        sweep = result.get("sweep") or {}
+        for name, per in sweep.get("accuracy", {}).items():
+            for s, accs in per.items():
+                for lam, a in zip(sweep["grid"], accs):
+                    w.writerow(["sweep", name, s, "fixed", lam, a])
+    return path
 
 
 def _corrupted(name: str, severity: int, config: EvalConfig, images, labels):
@@ -301,9 +318,9 @@ def _corruption_table(model, corruptions, config, images, labels, device, emit) 
         acc[name] = {}
         for severity in config.severities:
             x, y = _corrupted(name, severity, config, images, labels)
-            acc[name][str(severity)] = _accuracy(predict(model, x, device, config.batch_size, config.amp), y)
+            acc[name][str(severity)] = _accuracy(model, x, y, device, config)
             done += 1
-            emit("corruption", {"done": done, "total": total, "name": name, "severity": severity})
+            emit(Step("corruption", done, total, f"{name} s{severity}"))
     means = {n: float(np.mean(list(v.values()))) for n, v in acc.items()}
     return {"accuracy": acc, "mean": means, "mean_accuracy": float(np.mean(list(means.values()))),
             "mean_corruption_error": 1 - float(np.mean(list(means.values()))),
@@ -337,14 +354,11 @@ def _sweep(model, grid, corruptions, config, images, labels, device, emit) -> Di
     trained = float(layer.lam)
     for i, (name, severity) in enumerate(levels):
         x, y = (images, labels) if severity == 0 else _corrupted(name, severity, config, images, labels)
-        accs = []
-        for lam in grid:
-            with lambda_override(model, {layer_name: lam}):
-                accs.append(_accuracy(predict(model, x, device, config.batch_size, config.amp), y))
+        accs = accuracy_over_lambdas(model, layer_name, grid, x, y, device, config.batch_size, config.amp)
         curves.setdefault(name, {})[str(severity)] = accs
         xs = x[: min(256, x.shape[0])].to(device)
         r_levels.setdefault(name, {})[str(severity)] = float(_stem_input_error(model, layer, xs, trained))
-        emit("sweep", {"done": i + 1, "total": len(levels)})
+        emit(Step("sweep", i + 1, len(levels), f"{name} s{severity}" if severity else name))
     oracle_acc = {n: {s: max(v) for s, v in per.items()} for n, per in curves.items() if n != "clean"}
     oracle_lam = {n: {s: grid[int(np.argmax(v))] for s, v in per.items()} for n, per in curves.items()}
     means = {n: float(np.mean(list(v.values()))) for n, v in oracle_acc.items()}

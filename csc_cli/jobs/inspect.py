@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,12 +20,14 @@ import torch.nn.functional as F
 
 from ..checkpoint import load
 from ..core import lasso_terms
-from ..data.source import open_for_model
+from ..plots import codes_figure, lines_figure
 from ..surgery import card_of
 from ..layers import CSCConvNd, csc_layers
 from ..robust.lam import lambda_override
+from .common import evaluation_data
+from .events import ProgressFn, Step, ignore
 
-ProgressFn = Callable[[str, Dict[str, Any]], None]
+STAGES = ("card", "atoms", "codes", "sparsity", "reconstruction", "convergence")
 
 
 @dataclass
@@ -153,9 +155,8 @@ def _load_images(config: InspectConfig, model: nn.Module) -> Tuple[torch.Tensor,
         return torch.stack(tensors), f"{len(tensors)} image file(s)"
     if not (config.dataset or card.data.dataset):
         raise ValueError("give --data DATASET or --image FILE (the model file does not name its dataset)")
-    data = open_for_model(card, "test", config.dataset, config.data_dir)
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[: config.images]
-    return data.take(idx.sort().values)[0], f"{len(idx)} {data.name} test images"
+    sample = evaluation_data(card, config.dataset, config.data_dir, config.images, config.seed)
+    return sample.take()[0], f"{len(sample)} {sample.split.name} test images"
 
 
 def _capture(model: nn.Module, layers: Dict[str, CSCConvNd], x: torch.Tensor) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
@@ -164,7 +165,7 @@ def _capture(model: nn.Module, layers: Dict[str, CSCConvNd], x: torch.Tensor) ->
     handles = []
     for name, layer in layers.items():
         def hook(mod, inputs, output, name=name):
-            z = output - mod.bias.view(1, -1, *([1] * (output.dim() - 2))) if mod.bias is not None else output
+            z = mod.code_from_output(output, inputs[0].shape[2:])
             seen[name] = (inputs[0].detach(), z.detach())
         handles.append(layer.register_forward_hook(hook))
     try:
@@ -178,7 +179,11 @@ def _capture(model: nn.Module, layers: Dict[str, CSCConvNd], x: torch.Tensor) ->
 
 # ----------------------------------------------------------------------------- the job
 def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) -> InspectResult:
-    emit = progress or (lambda kind, info: None)
+    emit = progress or ignore
+
+    def stage(name: str) -> None:
+        emit(Step(name, STAGES.index(name) + 1, len(STAGES)))
+
     torch.manual_seed(config.seed)
     model = load(config.model).eval()
     model_card = card_of(model)
@@ -201,7 +206,7 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
             "convs": sum(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules()),
             "training": model_card.training, "dataset": model_card.data.dataset,
             "normalization": model_card.data.normalization, "lambda_rule": model_card.lambda_rule}
-    emit("card", card)
+    stage("card")
 
     # atoms
     atoms: Dict[str, Any] = {}
@@ -226,7 +231,7 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
             atoms["first_conv"] = {"file": str(path), "size": list(size), "shown": min(config.max_atoms, first.out_channels),
                                    "channel_averaged": first.in_channels != 3, "dictionary": False}
             written.append(str(path))
-    emit("atoms", {})
+    stage("atoms")
     if not layers:
         return InspectResult(config.model, card, atoms, None, None, None, None, None, written, notes)
 
@@ -251,9 +256,9 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
             "max_code": top, "histogram": {"counts": hist.tolist(), "bin_edges_fraction_of_max": edges.tolist()},
         }
     path = out / "codes.png"
-    _codes_figure(codes, path)
+    codes_figure(codes, path)
     written.append(str(path))
-    emit("codes", {})
+    stage("codes")
 
     # sparsity as lambda varies (every inspected layer's lambda scaled together)
     sweep: Dict[str, Any] = {"scales": config.lambda_scales, "layers": {}}
@@ -264,10 +269,10 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
         for name, (_, z) in got.items():
             sweep["layers"].setdefault(name, []).append(float((z != 0).float().mean()))
     path = out / "sparsity_vs_lambda.png"
-    _lines_figure({n: (config.lambda_scales, v) for n, v in sweep["layers"].items()}, "lambda / trained lambda",
+    lines_figure({n: (config.lambda_scales, v) for n, v in sweep["layers"].items()}, "lambda / trained lambda",
                   "fraction of non-zero codes", path, logx=True)
     written.append(str(path))
-    emit("sparsity", {})
+    stage("sparsity")
 
     # reconstructions of each layer's input, and the stem's as pictures
     recon: Dict[str, Any] = {"layers": {}}
@@ -289,7 +294,7 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
         recon["stem_file"] = str(path)
         recon["stem_size"] = list(size)
         written.append(str(path))
-    emit("reconstruction", {})
+    stage("reconstruction")
 
     pushback = _pushback(model, all_csc, captured, layers, mean, std, out, notes)
     if pushback:
@@ -310,11 +315,11 @@ def run_inspect(config: InspectConfig, progress: Optional[ProgressFn] = None) ->
                                 "optimum": float(optimum.mean()), "model_steps": layer.steps,
                                 "gap_at_model_steps": float(gap[min(layer.steps, config.max_steps) - 1])}
     path = out / "convergence.png"
-    _lines_figure({n: (conv["steps"], [max(g, 1e-12) for g in v["relative_gap"]]) for n, v in conv["layers"].items()},
+    lines_figure({n: (conv["steps"], [max(g, 1e-12) for g in v["relative_gap"]]) for n, v in conv["layers"].items()},
                   "FISTA steps K", "relative objective gap to the converged code", path, logy=True,
                   marks={n: v["model_steps"] for n, v in conv["layers"].items()})
     written.append(str(path))
-    emit("convergence", {})
+    stage("convergence")
     return InspectResult(config.model, card, atoms, codes, sweep, recon, pushback, conv, written, notes)
 
 
@@ -372,45 +377,3 @@ def _pushback(model, all_csc, captured, layers, mean, std, out: Path, notes: Lis
     path = out / "pushback.png"
     size = _save_grid(torch.cat(rows), path, nrow=image.shape[0], scale=max(1, 64 // image.shape[-1]))
     return {"file": str(path), "size": list(size), "layers": names, "relative_error": errors}
-
-
-def _codes_figure(codes: Dict[str, Any], path: Path) -> None:
-    from ..plots import _pyplot
-
-    plt = _pyplot()
-    names = list(codes["layers"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].bar(range(len(names)), [100 * codes["layers"][n]["nonzero"] for n in names])
-    axes[0].set_xticks(range(len(names)), names, rotation=60, fontsize=6)
-    axes[0].set_ylabel("non-zero codes (%)")
-    for n in names[:6]:
-        h = codes["layers"][n]["histogram"]
-        axes[1].plot(h["bin_edges_fraction_of_max"][1:], h["counts"], label=n)
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("positive code value / layer maximum")
-    axes[1].set_ylabel("count")
-    axes[1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _lines_figure(series, xlabel, ylabel, path: Path, logx=False, logy=False, marks=None) -> None:
-    from ..plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in list(series.items())[:12]:
-        line = ax.plot(xs, ys, marker=".", label=name)[0]
-        if marks and name in marks and marks[name] <= len(ys):
-            ax.scatter([marks[name]], [ys[marks[name] - 1]], color=line.get_color(), s=40, zorder=3)
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

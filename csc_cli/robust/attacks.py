@@ -11,19 +11,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..choices import ATTACKS, GRADIENT_MODES, NORMS, RULE_MODES  # noqa: F401 (re-export)
 from ..layers import CSCConvNd
 from .lam import LambdaRule, lambda_override, reconstruction_error  # noqa: F401 (re-export)
 from .stats import wilson_interval  # noqa: F401 (re-export)
-
-ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "autoattack")
-NORMS = ("Linf", "L2")
 
 
 def parse_eps(text: str, norm: str = "Linf") -> float:
@@ -93,8 +91,6 @@ class DefendedModel(nn.Module):
         return self.rule.applied(self.model, differentiable=self.rule_gradient)
 
 
-GRADIENT_MODES = ("unrolled", "implicit", "smooth", "more-steps")
-RULE_MODES = ("bpda", "through-rule")  # for a per-input lambda rule
 
 
 def attacker_copy(defended: DefendedModel, mode: str) -> DefendedModel:

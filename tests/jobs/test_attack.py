@@ -265,3 +265,23 @@ def test_pgd_agrees_with_torchattacks_on_cifar10_mini(cifar_mini_models):
     test = load_dataset("cifar10", "test", CIFAR_MINI)
     _assert_pgd_agrees(defended, test.images[:200], test.labels[:200], 2 / 255, 0.5 / 255, 10,
                        "cifar10-mini SDNet, PGD-10 eps 2/255")
+
+
+def test_cost_is_announced_and_the_quick_preset_applies(sdnet, cli):
+    from csc_cli.jobs.events import AttackCost
+
+    code, out, err = cli(["attack", sdnet, "--n", "4", "--preset", "quick", "--no-sanity"])
+    assert code == 0, err
+    assert "expected cost:" in out and "preset quick" in out
+    assert out.index("expected cost:") < out.index("Robust accuracy")  # up front
+    code, out, err = cli(["attack", sdnet, "--n", "4", "--preset", "quick", "--steps", "3", "--no-sanity", "--json"])
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["config"]["preset"] == "quick" and r["config"]["steps"] == 3  # a flag given wins over the preset
+    assert r["config"]["attacks"] == ["fgsm", "pgd"] and r["config"]["modes"] == ["unrolled"]
+    assert [x["attack"] for x in r["results"]] == ["fgsm", "pgd"]
+    # the estimate counts the passes: FGSM 1 + PGD 3 gradient passes per example, 4 examples
+    assert r["cost"]["gradient_passes"] == 4 * (1 + 3) and r["cost"]["seconds"] > 0
+    events = []
+    run_attack(AttackConfig(model=sdnet, n=4, attacks=["fgsm"], modes=["unrolled"], sanity=False), events.append)
+    assert isinstance(events[0], AttackCost) and events[0].gradient_passes == 4

@@ -113,10 +113,11 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
+    from csc_cli.jobs.events import BatchEnd
     from csc_cli.jobs.train import TrainConfig, run_train
     out, resume, kill_at = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
-    def progress(kind, info):
-        if kind == "batch" and info["epoch"] == 1 and info["batch"] == kill_at:
+    def progress(event):
+        if isinstance(event, BatchEnd) and event.epoch == 1 and event.batch == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     cfg = TrainConfig(epochs=2, batch_size=64, deterministic=True, checkpoint_every=5, out=out, resume=resume,
                       seed=1)
@@ -194,9 +195,7 @@ def test_recipe_round_trip(tmp_path, cli):
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_recipe_parses(recipe):
-    from csc_cli.cli import _load_recipe
-
-    cfg = TrainConfig(**_load_recipe(recipe))
+    cfg = TrainConfig.from_toml(recipe)
     cfg.validate()
     if cfg.dataset.startswith("cifar"):
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs, cfg.nesterov) == (0.1, 128, 5e-4, 220, True)
@@ -282,3 +281,80 @@ def test_cli_resnet18_on_cifar_is_sdnet18_of_the_paper(cli, tmp_path):
     assert any("timm:resnet18" in note for note in result["notes"])
     model = csc_cli.load(result["model_path"])
     assert model.csc_card.arch == "resnet18_cifar" and sum(p.numel() for p in model.parameters()) == 11_173_962
+
+
+# ------------------------------------------------------------------ output names, tiny data, resume alone, events
+def test_default_output_directory_is_a_readable_name():
+    cfg = TrainConfig(dataset="folder:/tmp/some where/my pics/", arch="timm:resnet18", csc="all")
+    assert cfg.default_out() == "runs/folder-my-pics-timm-resnet18-all"
+    assert ":" not in cfg.default_out() and cfg.resolved().out == cfg.default_out()
+    assert TrainConfig().default_out() == "runs/digits-resnet20_cifar-stem"
+    assert TrainConfig(out="x").resolved().out == "x"
+
+
+def test_a_dataset_smaller_than_one_batch_still_trains(tmp_path):
+    from csc_cli.jobs.events import BatchEnd
+    from tests.data.conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "tiny", {"train": 2, "val": 1})  # 6 training images, batch 64
+    batches = []
+    result = run_train(TrainConfig(dataset=f"folder:{root}", image_size=16, epochs=2, workers=0,
+                                   out=str(tmp_path / "run")),
+                       lambda e: batches.append(e) if isinstance(e, BatchEnd) else None)
+    assert len(batches) == 2 and all(b.batches == 1 for b in batches)  # one partial-batch step per epoch
+    assert any("partial batch of 6" in note for note in result.notes)
+    assert csc_cli.load(result.model_path) is not None
+    one = write_image_folder(tmp_path / "one", {"train": 1, "val": 1}, classes=1)
+    with pytest.raises(ValueError, match="at least 2"):
+        run_train(TrainConfig(dataset=f"folder:{one}", image_size=16, workers=0, out=str(tmp_path / "r1")))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_with_the_state_file_alone(tmp_path, cli):
+    """A run stopped after its first epoch resumes from `csc train --resume STATE` alone: same
+    settings (non-default ones included), same output directory."""
+    from csc_cli.jobs.events import EpochStart
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(epochs=2, max_batches=2, lr=0.05, batch_size=32, seed=3, out=str(out))
+
+    def stop_at_second_epoch(event):
+        if isinstance(event, EpochStart) and event.epoch == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_train(cfg, stop_at_second_epoch)
+    code, text, err = cli(["train", "--resume", str(out / "state.safetensors"), "--json"])
+    assert code == 0, err
+    result = json.loads(text)
+    assert result["resumed_from_epoch"] == 1 and len(result["history"]) == 2 and result["out"] == str(out)
+    resolved = json.loads((out / "config.json").read_text())
+    assert (resolved["lr"], resolved["batch_size"], resolved["seed"], resolved["max_batches"]) == (0.05, 32, 3, 2)
+    assert resolved["resume"] == str(out / "state.safetensors")
+
+
+def test_progress_events_are_typed(tmp_path):
+    from dataclasses import asdict, is_dataclass
+
+    from csc_cli.cli.progress import JobProgress, TrainView
+    from csc_cli.jobs import events as ev
+    from rich.console import Console
+
+    seen = []
+    result = run_train(TrainConfig(epochs=2, max_batches=2, out=str(tmp_path / "e")), seen.append)
+    assert all(isinstance(e, ev.Event) and is_dataclass(e) for e in seen)
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds[0] == "TrainStart" and kinds[-1] == "TrainDone"
+    assert kinds.count("EpochStart") == kinds.count("EpochEnd") == 2 and kinds.count("BatchEnd") == 4
+    ends = [e for e in seen if isinstance(e, ev.EpochEnd)]
+    rows = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in asdict(e).items() if v is not None} for e in ends] == rows == result.history
+    console = Console(file=__import__("io").StringIO(), width=200)
+    with JobProgress(console, "training") as bar:  # the renderer accepts every event the job sent
+        view = TrainView(bar, "t")
+        for e in seen:
+            view(e)
+    assert view.table.row_count == 2

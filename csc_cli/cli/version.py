@@ -1,0 +1,20 @@
+"""``csc version``."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from .. import __version__
+from .app import app, console
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of csc and of the libraries it runs on."""
+    import torch
+
+    table = Table(show_header=False, box=None)
+    table.add_row("csc", __version__)
+    table.add_row("torch", torch.__version__)
+    table.add_row("cuda available", str(torch.cuda.is_available()))
+    console.print(table)

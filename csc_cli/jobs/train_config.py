@@ -1,0 +1,161 @@
+"""What a training run is: :class:`TrainConfig`, from flags, a TOML recipe or a resume state.
+
+Torch-free, so the command line can show every default in ``csc train --help`` without importing
+torch. :meth:`TrainConfig.from_toml` reads and checks a recipe (``recipes/``);
+:meth:`TrainConfig.from_state` recovers the config a ``state.safetensors`` was written with, so
+``csc train --resume state.safetensors`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..choices import AMP_MODES, CSC_MODES, OPTIMIZERS, SCHEDULES, SELECT_MODES
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    arch: str = "resnet20_cifar"
+    csc: str = "stem"
+    shortcut: bool = True
+    lam: float = 0.1
+    steps: int = 2
+    nonneg: bool = True
+    mu: float = 0.0
+    method: str = "fista"
+    backward: str = "unrolled"
+    epochs: int = 12
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    min_lr: float = 1e-6
+    milestones: List[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: str = "auto"
+    ema: float = 0.0
+    clip_grad: float = 0.0
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    val_split: float = 0.0
+    select: str = "last"
+    image_size: Optional[int] = None
+    out: Optional[str] = None  # None: runs/<dataset>-<arch>-<csc> (see default_out)
+    init: Optional[str] = None
+    resume: Optional[str] = None
+    checkpoint_every: int = 0
+    workers: int = 2  # loader processes for image folders
+    max_batches: Optional[int] = None  # per epoch, for smoke tests
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """Field name -> default value."""
+        return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_toml(cls, path, **overrides: Any) -> "TrainConfig":
+        """The recipe at ``path`` (every key a field of this class, with a value of the field's
+        type), then ``overrides`` that are not None. One clear ``ValueError`` for a bad recipe."""
+        return cls(**{**read_recipe(Path(path)), **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_state(cls, path, **overrides: Any) -> "TrainConfig":
+        """The config the run that wrote the resume state ``path`` had, set to resume from it and to
+        keep writing beside it; ``overrides`` that are not None win."""
+        from ..checkpoint import read_state_meta
+
+        stored = read_state_meta(path).get("config") or {}
+        known = {k: v for k, v in stored.items() if k in cls.defaults()}
+        known.update(resume=str(path), out=str(Path(path).parent))
+        return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def default_out(self) -> str:
+        """``runs/<dataset>-<arch>-<csc>`` with readable, path-safe names: ``folder:/data/pics``
+        becomes ``folder-pics``, ``timm:resnet18`` ``timm-resnet18``."""
+        return f"runs/{_slug(self.dataset)}-{_slug(self.arch)}-{_slug(self.csc)}"
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the output directory filled in."""
+        return dataclasses.replace(self, out=self.out or self.default_out())
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        def need(cond: bool, message: str) -> None:
+            if not cond:
+                raise ValueError(message)
+
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        need(self.csc in CSC_MODES, f"csc must be one of {', '.join(CSC_MODES)}, got {self.csc!r}")
+        need(self.select in SELECT_MODES, f"select must be 'last' or 'best', got {self.select!r}")
+        need(self.select == "last" or self.val_split > 0,
+             "select='best' needs a held-out split of the training data: add --val-split 0.1")
+        need(0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split}")
+        need(0 <= self.ema < 1, f"ema decay must be in [0, 1), got {self.ema}")
+        need(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        need(self.warmup_epochs >= 0 and self.weight_decay >= 0 and self.clip_grad >= 0,
+             "warmup_epochs, weight_decay and clip_grad must be >= 0")
+        need(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
+        need(self.max_batches is None or self.max_batches >= 1, f"max_batches must be >= 1, got {self.max_batches}")
+        out = Path(self.out or self.default_out())
+        need(not out.exists() or out.is_dir(), f"output {out} exists and is a file: give a directory")
+
+
+def _slug(name: str) -> str:
+    if name.startswith("folder:"):
+        path = name[len("folder:"):].rstrip("/\\")
+        name = "folder-" + (Path(path).name or "root")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+
+
+def read_recipe(path: Path) -> Dict[str, Any]:
+    """The keys of a TOML recipe, checked against :class:`TrainConfig`'s fields and their types."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"recipe {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"recipe {path} is a directory: give a .toml file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"recipe {path} is not valid TOML: {exc}") from None
+    fields = TrainConfig.defaults()
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"recipe {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
+    for key, value in data.items():
+        default = fields[key]
+        expected = type(default) if default is not None else None
+        if expected is bool and not isinstance(value, bool):
+            raise ValueError(f"recipe {path}: {key} must be true or false, got {value!r}")
+        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"recipe {path}: {key} must be an integer, got {value!r}")
+        if expected is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"recipe {path}: {key} must be a number, got {value!r}")
+        if expected is str and not isinstance(value, str):
+            raise ValueError(f"recipe {path}: {key} must be a string, got {value!r}")
+        if expected is list and not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+            raise ValueError(f"recipe {path}: {key} must be a list of integers, got {value!r}")
+    return data
