@@ -178,6 +178,15 @@ def save_state(path: PathLike, tensors: Dict[str, torch.Tensor], meta: Dict[str,
 
 def read_state_meta(path: PathLike) -> Dict[str, Any]:
     """The JSON part of a training state (epoch, step, the run's config ...) without its tensors."""
+    return _read_state(path, tensors=False)[1]
+
+
+def load_state(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read what :func:`save_state` wrote; :class:`ModelFileError` for anything else."""
+    return _read_state(path, tensors=True)
+
+
+def _read_state(path: PathLike, tensors: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
@@ -186,32 +195,13 @@ def read_state_meta(path: PathLike) -> Dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             text = (fh.metadata() or {}).get("csc_state")
+            values = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
     except Exception as exc:  # noqa: BLE001
         raise ModelFileError(f"{path} is not a training state file ({type(exc).__name__})") from None
-    return _state_meta(path, text)
-
-
-def _state_meta(path: Path, text) -> Dict[str, Any]:
     try:
         meta = json.loads(text or "")
     except json.JSONDecodeError:
         raise ModelFileError(f"{path} is not a training state file (no readable metadata)") from None
     if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
         raise ModelFileError(f"{path} is not a csc training state file")
-    return meta
-
-
-def load_state(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read what :func:`save_state` wrote; :class:`ModelFileError` for anything else."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"resume file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            text = (fh.metadata() or {}).get("csc_state")
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # noqa: BLE001
-        raise ModelFileError(f"{path} is not a training state file ({type(exc).__name__})") from None
-    return tensors, _state_meta(path, text)
+    return values, meta

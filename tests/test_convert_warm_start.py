@@ -253,3 +253,38 @@ def test_convert_job_says_a_timm_source_has_random_weights():
     d = result.distance
     assert d["images"] == 4 and set(d["layers"]) == {"conv1"} and 0 < d["layers"]["conv1"] < 1
     assert "accuracy" in d["source"] and "accuracy" in d["converted"]  # fake data has labels
+
+
+# ------------------------------------------------------------------ the warm-start path, end to end
+def test_trained_resnet_converts_without_losing_its_function_and_fine_tunes(cli, cifar_mini_models, tmp_path):
+    """A plain ResNet-20 trained on cifar10-mini (conftest) converted with the identity settings
+    keeps its predictions on 256 real test images (agreement counted per image, KL ~ float
+    rounding); converted with SDNet settings it loses some, and `csc train --init` with the shipped
+    warm-start recipe fine-tunes the converted file (units and step sizes travel with it)."""
+    from .conftest import CIFAR_MINI
+
+    source = cifar_mini_models["none"].model_path
+    common = ["--data", "cifar10", "--data-dir", str(CIFAR_MINI), "--compare-images", "256", "--json"]
+    code, out, err = cli(["convert", source, "--layers", "stem", "--steps", "1", "--lambda", "0", "--signed", *common])
+    assert code == 0, err
+    same = __import__("json").loads(out)["distance"]
+    assert same["images"] == 256 and same["kl"] < 1e-6
+    assert same["top1_agreement"] >= 1 - 2 / 256  # at most two near-ties flip
+    assert abs(same["source"]["accuracy"] - same["converted"]["accuracy"]) <= 2 / 256
+    assert same["source"]["accuracy"] > 0.3  # a trained model: the agreement means something
+
+    target = tmp_path / "stem.safetensors"
+    code, out, err = cli(["convert", source, "--layers", "stem", *common, "--out", str(target)])
+    assert code == 0, err
+    sdnet = __import__("json").loads(out)["distance"]
+    assert sdnet["top1_agreement"] < 1 and 0 < sdnet["layers"]["conv1"] < 1 and not sdnet["dead_layers"]
+    converted = csc_cli.load(target)
+    assert converted.conv1.units == "conv" and converted.conv1.trained_size == (32, 32)
+
+    recipe = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes" / "cifar10_warmstart.toml"
+    code, out, err = cli(["train", "fake", "--recipe", str(recipe), "--init", str(target), "--epochs", "1",
+                          "--max-batches", "2", "--out", str(tmp_path / "ft"), "--json"])
+    assert code == 0, err
+    tuned = csc_cli.load(tmp_path / "ft" / "model.safetensors")
+    assert tuned.conv1.units == "conv" and tuned.conv1.steps == 2
+    assert not torch.equal(tuned.conv1.weight, converted.conv1.weight)  # it was trained

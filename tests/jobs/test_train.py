@@ -197,7 +197,9 @@ def test_recipe_round_trip(tmp_path, cli):
 def test_every_shipped_recipe_parses(recipe):
     cfg = TrainConfig.from_toml(recipe)
     cfg.validate()
-    if cfg.dataset.startswith("cifar"):
+    if recipe.stem.endswith("_warmstart"):  # fine-tuning a converted model: a tenth of the paper's lr
+        assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.init) == (0.01, 128, 5e-4, None)
+    elif cfg.dataset.startswith("cifar"):
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs, cfg.nesterov) == (0.1, 128, 5e-4, 220, True)
     if cfg.dataset == "imagenet":
         assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.milestones, cfg.nesterov) == (0.1, 1e-4, 100, [30, 60, 90], False)
