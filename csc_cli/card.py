@@ -42,6 +42,9 @@ ALLOWED_MODEL_KWARGS: Dict[str, type] = {
     "global_pool": str,
     "shortcut": bool,
     "mlp_ratio": float,  # VGG's pre-logits ConvMlp width
+    "feature_dim": int,  # autoencoders (csc_cli.autoencoders): the feature dimension d
+    "image_size": int,  # autoencoders: the side of the square images (ctrl_resnet: 64 or 128)
+    "width": int,  # ctrl_resnet: the first stage's channels
 }
 _GEOMETRY_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
                   "padding_mode")

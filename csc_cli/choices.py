@@ -13,7 +13,10 @@ BACKWARDS = ("unrolled", "implicit", "recompute")
 # training (csc_cli.jobs.train)
 CSC_MODES = ("stem", "all", "none")
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "linear")
+# CSC-CTRL (csc_cli.jobs.ctrl_train): the autoencoders and the two forms of the rate-reduction game
+CTRL_ARCHS = ("ctrl_dcgan32", "ctrl_resnet")
+CTRL_MODES = ("multi", "binary")
 AMP_MODES = ("none", "bf16", "fp16")
 SELECT_MODES = ("last", "best")
 AUGMENTATIONS = ("none", "crop_flip", "crop", "imagenet")  # csc_cli.data.pipeline

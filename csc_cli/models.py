@@ -12,7 +12,7 @@ from .convert import convert
 from .surgery import apply_edit, card_of, edit_model, to_csc_edit
 
 __all__ = ["create_model", "build_model", "rebuild", "model_spec", "resolve_arch", "ALLOWED_MODEL_KWARGS",
-           "CifarResNet"]
+           "CifarResNet", "build_autoencoder", "is_autoencoder"]
 
 
 def _suggest(name: str, names: List[str]) -> str:
@@ -44,7 +44,8 @@ def create_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Mo
                 "without a network, download them elsewhere and pass --weights FILE"
             ) from exc
         raise
-    model.csc_card = ModelCard(arch=arch, model_kwargs=dict(kwargs))
+    # an autoencoder's class says so (csc_task): the card, and so the file, records the task
+    model.csc_card = ModelCard(arch=arch, model_kwargs=dict(kwargs), task=getattr(model, "csc_task", "classifier"))
     return model
 
 
@@ -247,3 +248,8 @@ def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "ste
                         "padding": [1, 1], "dilation": [1, 1], "groups": 1, "bias": False, "padding_mode": "zeros"}
             edit_model(model, Edit("new_csc", "maxpool", [], "CSCConv2d", geometry, dict(csc_options)))
     return model
+
+
+# ----------------------------------------------------------------------------- CTRL autoencoders
+# imported for its timm registrations (ctrl_dcgan32, ctrl_resnet): rebuild() finds them by name
+from .autoencoders import build_autoencoder, is_autoencoder  # noqa: E402

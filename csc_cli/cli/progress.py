@@ -112,11 +112,16 @@ class TrainView:
         self.bar = bar
         self.epochs = 0
         self.table = Table(title=title)
-        for col in ("epoch", "lr", "train loss", "train acc", "test acc", "val acc", "img/s", "CSC non-zeros", "step t"):
-            self.table.add_column(col, justify="right")
+        self._columns = False
+
+    def _columns_for(self, names) -> None:
+        if not self._columns:
+            for col in names:
+                self.table.add_column(col, justify="right")
+            self._columns = True
 
     def __call__(self, event) -> None:
-        from ..jobs.events import BatchEnd, EpochEnd, EpochStart, TrainStart
+        from ..jobs.events import BatchEnd, EpochEnd, EpochStart, GameEpochEnd, TrainStart
 
         if isinstance(event, TrainStart):
             self.epochs = event.epochs
@@ -127,9 +132,20 @@ class TrainView:
         elif isinstance(event, EpochStart):
             self.bar.update(f"epoch {event.epoch + 1}/{self.epochs}", event.first_batch, event.batches, restart=True)
         elif isinstance(event, BatchEnd):
+            scores = (f"T {event.loss:.2f}" if event.acc != event.acc  # a game: no accuracy (NaN)
+                      else f"loss {event.loss:.3f} acc {100 * event.acc:.1f}%")
             self.bar.update(f"epoch {event.epoch + 1}/{self.epochs}", event.batch, event.batches,
-                            f"loss {event.loss:.3f} acc {100 * event.acc:.1f}% {event.images_per_s:.0f} img/s")
+                            f"{scores} {event.images_per_s:.0f} img/s")
+        elif isinstance(event, GameEpochEnd):
+            self._columns_for(("epoch", "T", "dR(Z)", "dR(Zh)", "pairwise", "test PSNR dB", "test dR", "img/s"))
+            self.table.add_row(str(event.epoch), f"{event.T:.2f}", f"{event.dR_Z:.2f}", f"{event.dR_Zh:.2f}",
+                               f"{event.pairwise:.2f}", f"{event.test_psnr:.2f}", f"{event.test_dR:.2f}",
+                               f"{event.images_per_s:.0f}")
+            self.bar.print(f"epoch {event.epoch}: T {event.T:.2f}, test PSNR {event.test_psnr:.2f} dB, "
+                           f"test dR {event.test_dR:.2f}")
         elif isinstance(event, EpochEnd):
+            self._columns_for(("epoch", "lr", "train loss", "train acc", "test acc", "val acc", "img/s",
+                               "CSC non-zeros", "step t"))
             layers = event.csc_layers
             nz = "/".join(f"{100 * v['nonzero']:.0f}%" for v in list(layers.values())[:3]) or "-"
             step_t = f"{next(iter(layers.values()))['step_size']:.3g}" if layers else "-"

@@ -54,6 +54,13 @@ def demo(result) -> None:
 # ----------------------------------------------------------------------------- train
 def train(result) -> None:
     last = result.last
+    if "test_psnr" in last:  # an autoencoder (the CTRL game)
+        console.print(f"last epoch: test reconstruction PSNR {last['test_psnr']:.2f} dB (MSE {last['test_mse']:.4f}), "
+                      f"test features dR {last['test_dR']:.2f} (R {last['test_R']:.2f}, Rc {last['test_Rc']:.2f})")
+        for note in result.notes:
+            console.print(f"note: {note}")
+        console.print(f"wrote {result.model_path} and metrics in {result.out} ({result.seconds:.0f} s)")
+        return
     console.print(f"last epoch: test accuracy {100 * last['test_acc']:.2f}%")
     if result.best:
         console.print(f"best on the held-out split: epoch {result.best['epoch']} (val {100 * result.best['val_acc']:.2f}%, "

@@ -10,7 +10,7 @@ from ..choices import DATASET_HELP
 from ..jobs.train_config import TrainConfig, read_recipe
 from . import render
 from .app import app, console, err_console
-from .options import BACKWARD_HELP, Amp, Augment, Backward, CscMode, Optimizer, Schedule, Select, floats
+from .options import BACKWARD_HELP, Amp, Augment, Backward, CscMode, CtrlMode, Optimizer, Schedule, Select, floats
 from .progress import JobProgress, TrainView
 
 _D = TrainConfig.defaults()
@@ -30,8 +30,10 @@ def train(
     recipe: Annotated[Optional[Path], typer.Option(help="A TOML recipe (see recipes/): its values replace the defaults "
                                                     "shown here; flags override both.")] = None,
     arch: Optional[str] = _opt("--arch", help="resnet18_cifar, resnet34_cifar, resnet20_cifar or any timm ConvNet; on images up "
-                                              "to 64 px resnet18/34 mean the CIFAR layout (timm:resnet18 for timm's)."),
-    csc: Optional[CscMode] = _opt("--csc", help="stem (SDNet), all (SDNet-All) or none (the plain ConvNet)."),
+                                              "to 64 px resnet18/34 mean the CIFAR layout (timm:resnet18 for timm's); "
+                                              "ctrl_dcgan32 / ctrl_resnet: an autoencoder trained by the CTRL game."),
+    csc: Optional[CscMode] = _opt("--csc", help="stem (SDNet), all (SDNet-All; CSC-CTRL for an autoencoder) or none "
+                                                "(the plain ConvNet; CTRL)."),
     shortcut: Optional[bool] = _opt("--shortcut/--no-shortcut", help="--no-shortcut: the pure CSC+BN stack (SDNet-All, "
                                                                      "CIFAR ResNets)."),
     lam: Optional[float] = _opt("--lambda", "--lam", help="Sparsity weight of the CSC layers.", default=_D["lam"]),
@@ -69,6 +71,10 @@ def train(
     max_batches: Optional[int] = _opt("--max-batches", help="At most this many batches per epoch (smoke tests).", default="all"),
     image_size: Optional[int] = _opt("--image-size", help="Image size.", default="digits 16, folders 224, CIFAR 32"),
     workers: Optional[int] = _opt("--workers", help="Loader processes for image folders."),
+    ctrl_mode: Optional[CtrlMode] = _opt("--ctrl-mode", help="Autoencoders (--arch ctrl_dcgan32 / ctrl_resnet): the "
+                                                             "rate-reduction game with labels (multi) or without (binary)."),
+    feature_dim: Optional[int] = _opt("--feature-dim", help="Autoencoders: feature dimension d."),
+    encoder_steps: Optional[int] = _opt("--encoder-steps", help="Autoencoders: encoder steps per decoder step."),
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (progress, if any, on stderr).")] = False,
 ) -> None:
     """Train an SDNet (or the plain ConvNet) on a dataset: `csc train` alone trains SDNet on the
@@ -84,7 +90,8 @@ def train(
                  clip_grad=clip_grad, amp=amp, channels_last=channels_last, compile=compile, seed=seed,
                  deterministic=deterministic, device=device, val_split=val_split, select=select, out=out,
                  init=init, checkpoint_every=checkpoint_every, max_batches=max_batches,
-                 image_size=image_size, workers=workers)
+                 image_size=image_size, workers=workers, ctrl_mode=ctrl_mode, feature_dim=feature_dim,
+                 encoder_steps=encoder_steps)
     flags = {k: v for k, v in given.items() if v is not None}
     if resume:  # the run's own config, then the recipe's values, then the flags
         config = TrainConfig.from_state(resume, **{**(read_recipe(recipe) if recipe else {}), **flags})

@@ -75,6 +75,34 @@ class EpochEnd(Event):
 
 
 @dataclass(frozen=True)
+class GameEpochEnd(Event):
+    """An epoch of the CTRL rate-reduction game (autoencoders): training means of the game's terms
+    (from the decoder steps), reconstruction MSE in [0, 1] pixel units, and the test split's
+    reconstruction MSE / PSNR and the rate reduction of its features."""
+
+    epoch: int  # 1-based
+    lr: float
+    T: float
+    dR_Z: float
+    dR_Zh: float
+    pairwise: float
+    R_Z: float
+    train_mse: float
+    test_mse: float
+    test_psnr: float
+    test_R: float
+    test_Rc: float
+    test_dR: float
+    images_per_s: float
+    seconds: float
+    csc_layers: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Dict[str, Any]) -> "GameEpochEnd":
+        return cls(**row)
+
+
+@dataclass(frozen=True)
 class TrainDone(Event):
     seconds: float
 

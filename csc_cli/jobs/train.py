@@ -176,6 +176,10 @@ def _keep_a_partial_batch(train, batch_size: int) -> List[str]:
 
 # ----------------------------------------------------------------------------- the job
 def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> TrainResult:
+    if config.autoencoder or (config.init and _is_autoencoder_file(config.init)):
+        from .ctrl_train import run_ctrl_train  # an autoencoder: the CTRL rate-reduction game
+
+        return run_ctrl_train(config, progress)
     config = config.resolved()
     config.validate()
     emit = progress or ignore
@@ -285,6 +289,12 @@ def run_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> Tra
     return TrainResult(out=str(out), model_path=str(model_path), epochs=config.epochs, last=last, best=best,
                        history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=resumed_from,
                        arch=card_of(model).arch, notes=notes)
+
+
+def _is_autoencoder_file(path: str) -> bool:
+    from ..checkpoint import read_card
+
+    return read_card(path).task == "autoencoder"
 
 
 def _build(config: TrainConfig, data: DataBundle, notes: List[str]) -> nn.Module:

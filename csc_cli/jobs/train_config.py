@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..choices import AMP_MODES, CSC_MODES, OPTIMIZERS, SCHEDULES, SELECT_MODES
+from ..choices import AMP_MODES, CSC_MODES, CTRL_ARCHS, CTRL_MODES, OPTIMIZERS, SCHEDULES, SELECT_MODES
 
 
 @dataclass
@@ -61,6 +61,16 @@ class TrainConfig:
     checkpoint_every: int = 0
     workers: int = 2  # loader processes for image folders
     max_batches: Optional[int] = None  # per epoch, for smoke tests
+    # CSC-CTRL / CTRL (an autoencoder --arch, or an autoencoder --init file): the rate-reduction game
+    ctrl_mode: str = "multi"  # multi (labels) or binary (label-free)
+    feature_dim: int = 128
+    encoder_steps: int = 1  # encoder steps per decoder step
+    first_step_dr: bool = False  # the first encoder step maximises dR(Z) alone (CTRL's CIFAR-10 setting)
+    eps2: float = 0.5  # epsilon squared of the coding rate
+    encoder_beta1: float = 0.5  # Adam betas per network
+    encoder_beta2: float = 0.999
+    decoder_beta1: float = 0.5
+    decoder_beta2: float = 0.999
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -120,6 +130,20 @@ class TrainConfig:
         need(self.max_batches is None or self.max_batches >= 1, f"max_batches must be >= 1, got {self.max_batches}")
         out = Path(self.out or self.default_out())
         need(not out.exists() or out.is_dir(), f"output {out} exists and is a file: give a directory")
+        need(self.ctrl_mode in CTRL_MODES, f"ctrl_mode must be one of {', '.join(CTRL_MODES)}, got {self.ctrl_mode!r}")
+        need(self.feature_dim >= 2, f"feature_dim must be >= 2, got {self.feature_dim}")
+        need(self.encoder_steps >= 1, f"encoder_steps must be >= 1, got {self.encoder_steps}")
+        need(self.eps2 > 0, f"eps2 must be > 0, got {self.eps2}")
+        need(all(0 <= b < 1 for b in (self.encoder_beta1, self.encoder_beta2, self.decoder_beta1, self.decoder_beta2)),
+             "Adam betas must be in [0, 1)")
+        if self.arch in CTRL_ARCHS and not self.init:
+            need(self.csc in ("all", "none"), f"{self.arch} is an autoencoder: --csc all (CSC-CTRL) or none (CTRL), "
+                                              f"not {self.csc!r}")
+
+    @property
+    def autoencoder(self) -> bool:
+        """Whether this run plays the CTRL game (an autoencoder --arch; an --init file says so itself)."""
+        return self.arch in CTRL_ARCHS
 
 
 def _slug(name: str) -> str:

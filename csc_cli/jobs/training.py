@@ -28,7 +28,7 @@ from .events import BatchEnd, EpochStart, ProgressFn
 
 
 def lr_at(config, step: int, steps_per_epoch: int) -> float:
-    """Learning rate at optimizer step ``step`` (0-based): linear warm-up, then cosine (per
+    """Learning rate at optimizer step ``step`` (0-based): linear warm-up, then cosine or linear (per
     iteration, down to ``min_lr``), step decay at epoch ``milestones``, or constant."""
     total = config.epochs * steps_per_epoch
     warm = int(round(config.warmup_epochs * steps_per_epoch))
@@ -37,6 +37,9 @@ def lr_at(config, step: int, steps_per_epoch: int) -> float:
     if config.schedule == "cosine":
         progress = (step - warm) / max(1, total - warm)
         return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if config.schedule == "linear":  # to min_lr at the end (CTRL: linear decay to 0)
+        progress = (step - warm) / max(1, total - warm)
+        return config.min_lr + (config.lr - config.min_lr) * max(0.0, 1.0 - progress)
     if config.schedule == "step":
         epoch = step // steps_per_epoch
         return config.lr * config.gamma ** sum(epoch >= m for m in config.milestones)

@@ -1,0 +1,350 @@
+"""The CTRL game: train an autoencoder (CSC-CTRL, or CTRL itself) by closed-loop transcription.
+
+``run_train`` hands a run to :func:`run_ctrl_train` when its ``--arch`` is an autoencoder
+(``ctrl_dcgan32``, ``ctrl_resnet``) or its ``--init`` file says it is one. One iteration on one batch,
+as in the CTRL reference code (PAPER.md section 2, "The game"):
+
+1. ``encoder_steps`` encoder steps: ``Z = f(x)``, ``Zh = f(g(Z).detach())``, loss ``-T(Z, Zh)`` (the
+   first one ``-dR(Z)`` alone with ``first_step_dr``), stepping the encoder only;
+2. one decoder step through the full loop ``f(g(f(x)))``, loss ``+T``, stepping the decoder only.
+
+``T = dR(Z) + dR(Zh) + sum_k dR(Z_k, Zh_k)`` with labels (``ctrl_mode='multi'``), ``T = dR(Z, Zh)``
+without (``'binary'``); see :mod:`csc_cli.core.rate`. ``f`` runs separately on ``x`` and on ``g(Z)``,
+so BatchNorm sees separate batch statistics. One Adam holds the two networks as two parameter groups
+with their own betas (CTRL: (0.5, 0.999) for the DCGAN nets, (0, 0.9) for the ResNet ones), no
+weight decay unless asked, the learning rate decayed as ``schedule`` says (the recipes: linearly to
+0); the network not being stepped has no gradients, so Adam leaves it (and its moments) alone. The
+model takes [0, 1] images (its input normalisation maps them to CTRL's [-1, 1]) and decodes to [0, 1].
+Under torchrun the rates are computed on the *global* batch: features are gathered from every rank
+with their gradients, and each network's gradients are summed over ranks.
+
+Writes what the classifier trainer writes (``config.json``, ``metrics.jsonl`` with every term of the
+game per epoch, ``summary.csv``, ``state.safetensors`` for an exact resume, ``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .. import __version__
+from ..autoencoders import build_autoencoder, is_autoencoder
+from ..checkpoint import load, save
+from ..core.rate import ctrl_objective, rate_reduction, small_class_warning
+from ..surgery import card_of, set_input_normalization
+from .common import autocast, resolve_device
+from .events import BatchEnd, EpochStart, GameEpochEnd, ProgressFn, TrainDone, TrainStart, ignore
+from .train_config import TrainConfig
+from .training import lr_at, refresh_step_sizes, restore_train_state, save_train_state
+
+__all__ = ["run_ctrl_train", "GameStep", "reconstruction_scores", "features_of"]
+
+_ROW_KEYS = ("T", "dR_Z", "dR_Zh", "pairwise", "R_Z", "train_mse")
+
+
+# ----------------------------------------------------------------------------- pieces
+def _gather(z: Tensor, dist) -> Tensor:
+    """All ranks' rows of ``z``, with gradients flowing back to each rank's own rows."""
+    if dist is None or not dist.active:
+        return z
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(z), dim=0)
+
+
+def _gather_labels(y: Tensor, dist) -> Tensor:
+    if dist is None or not dist.active:
+        return y
+    import torch.distributed as tdist
+
+    parts = [torch.empty_like(y) for _ in range(dist.world_size)]
+    tdist.all_gather(parts, y)
+    return torch.cat(parts)
+
+
+def _sum_gradients(params: List[nn.Parameter], dist) -> None:
+    """Every rank computed the same global objective, whose backward reached only its own rows:
+    the full gradient is the sum over ranks, divided by the number of ranks that each computed
+    the (identical) objective."""
+    if dist is None or not dist.active:
+        return
+    import torch.distributed as tdist
+
+    for p in params:
+        if p.grad is not None:
+            tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
+            p.grad.div_(dist.world_size)
+
+
+class GameStep:
+    """One iteration of the game on one batch (see the module docstring); returns the decoder
+    step's terms as floats and the reconstruction MSE of ``g(f(x))`` in [0, 1] units."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, num_classes: int,
+                 device: torch.device, lr, dist=None) -> None:
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.num_classes, self.device, self.lr, self.dist = num_classes, device, lr, dist
+        self.encoder_params = list(model.encoder.parameters())
+        self.decoder_params = list(model.decoder.parameters())
+        self.step = 0  # decoder steps (= iterations) so far
+        self.warnings: List[str] = []
+
+    def _objective(self, z: Tensor, zh: Tensor, y: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        z, zh = _gather(z, self.dist), _gather(zh, self.dist)
+        labels = _gather_labels(y, self.dist) if self.config.ctrl_mode == "multi" else None
+        return ctrl_objective(z, zh, labels, self.num_classes, mode=self.config.ctrl_mode, eps2=self.config.eps2)
+
+    def _only(self, train_encoder: bool) -> None:
+        for p in self.encoder_params:
+            p.requires_grad_(train_encoder)
+        for p in self.decoder_params:
+            p.requires_grad_(not train_encoder)
+
+    def _apply(self, loss: Tensor, params: List[nn.Parameter]) -> None:
+        if not torch.isfinite(loss):
+            raise ValueError(f"the game's objective became {float(loss)} at iteration {self.step + 1}: "
+                             "lower --lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _sum_gradients(params, self.dist)
+        if self.config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad)
+        self.optimizer.step()
+
+    def __call__(self, x: Tensor, y: Tensor) -> Dict[str, float]:
+        cfg, model = self.config, self.model
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if cfg.ctrl_mode == "multi" and not self.warnings:
+            message = small_class_warning(_gather_labels(y, self.dist), self.num_classes, cfg.feature_dim)
+            if message:
+                self.warnings.append(message)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(self.step)
+        self._only(train_encoder=True)
+        for k in range(cfg.encoder_steps):
+            with autocast(self.device, cfg.amp):
+                z = model.encode(x)
+                with torch.no_grad():
+                    decoded = model.decode(z.detach())
+                zh = model.encode(decoded)
+            if k == 0 and cfg.first_step_dr:
+                labels = _gather_labels(y, self.dist) if cfg.ctrl_mode == "multi" else None
+                zg = _gather(z, self.dist)
+                loss = -(rate_reduction(zg, labels, self.num_classes, cfg.eps2).dR if labels is not None
+                         else _sphere_rate(zg, cfg.eps2))
+            else:
+                loss = -self._objective(z, zh, y)[0]
+            self._apply(loss, self.encoder_params)
+        self._only(train_encoder=False)
+        with autocast(self.device, cfg.amp):
+            with torch.no_grad():
+                z = model.encode(x)
+            decoded = model.decode(z)
+            zh = model.encode(decoded)
+        total, terms = self._objective(z, zh, y)
+        self._apply(total, self.decoder_params)
+        for p in self.encoder_params:
+            p.requires_grad_(True)
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in terms.items() if v.dim() == 0}
+        out.setdefault("dR_Z", float("nan"))
+        out.setdefault("dR_Zh", float("nan"))
+        out.setdefault("pairwise", out.get("T", float("nan")))
+        out["T"] = float(total.detach())
+        out["train_mse"] = float((decoded.detach().float() - x.float()).square().mean())
+        return out
+
+
+def _sphere_rate(z: Tensor, eps2: float) -> Tensor:
+    from ..core.rate import coding_rate
+
+    return coding_rate(z, eps2)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def features_of(model: nn.Module, images: Tensor, batch_size: int = 256, device=None) -> Tuple[Tensor, Tensor]:
+    """``(features, reconstructions)`` of ``images`` in [0, 1] (eval mode; the model's mode is kept)."""
+    device = device or next(model.parameters()).device
+    was = model.training
+    model.eval()
+    feats, recons = [], []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device)
+            z = model.encode(x)
+            feats.append(z.float().cpu())
+            recons.append(model.decode(z).float().clamp(0, 1).cpu())
+    finally:
+        model.train(was)
+    return torch.cat(feats), torch.cat(recons)
+
+
+def reconstruction_scores(images: Tensor, recon: Tensor) -> Dict[str, float]:
+    """MSE and PSNR (dB, peak 1; the PSNR of the mean MSE) of reconstructions in [0, 1]."""
+    mse = float((recon.float() - images.float()).square().mean())
+    return {"mse": mse, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
+
+
+def _test_scores(model: nn.Module, images: Tensor, labels: Tensor, num_classes: int, eps2: float) -> Dict[str, float]:
+    z, recon = features_of(model, images)
+    scores = reconstruction_scores(images, recon)
+    rr = rate_reduction(z.double(), labels, num_classes, eps2)
+    return {"test_mse": scores["mse"], "test_psnr": scores["psnr"], "test_R": float(rr.R), "test_Rc": float(rr.Rc),
+            "test_dR": float(rr.dR)}
+
+
+class _Loop(nn.Module):
+    """``g(f(x))`` as one module, so per-layer statistics see the encoder's and the decoder's layers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.decode(self.model.encode(x))
+
+
+# ----------------------------------------------------------------------------- the job
+def _build(config: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
+    if config.init:
+        model = load(config.init)
+        if not is_autoencoder(model):
+            raise ValueError(f"{config.init} is a classifier: the CTRL game trains autoencoders")
+        return model
+    options = {} if config.csc == "none" else dict(lam=config.lam, steps=config.steps, nonneg=config.nonneg,
+                                                   mu=config.mu, method=config.method, backward=config.backward)
+    size = image_size if config.arch == "ctrl_resnet" else None
+    return build_autoencoder(config.arch, in_chans=in_chans, feature_dim=config.feature_dim, csc=config.csc,
+                             image_size=size, **options)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = [{"params": list(model.encoder.parameters()), "betas": (config.encoder_beta1, config.encoder_beta2)},
+              {"params": list(model.decoder.parameters()), "betas": (config.decoder_beta1, config.decoder_beta2)}]
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def run_ctrl_train(config: TrainConfig, progress: Optional[ProgressFn] = None):
+    """Play the game for ``config.epochs`` epochs; returns a :class:`~csc_cli.jobs.train.TrainResult`
+    whose ``last``/``history`` rows hold the game's terms and the test reconstruction scores."""
+    from ..distributed import DistributedContext
+    from .train import TrainResult, _same_run, _write_summary, make_data
+
+    config = config.resolved()
+    config.validate()
+    emit = progress or ignore
+    dist = DistributedContext.from_env()
+    device = dist.device if dist.active else resolve_device(config.device)
+    if config.amp == "fp16":
+        raise ValueError("the CTRL game runs in float32 or --amp bf16 (no fp16 loss scaling for two networks)")
+    torch.manual_seed(config.seed)
+    data = make_data(config, dist.rank, dist.world_size)
+    if config.ctrl_mode == "multi" and data.num_classes < 2:
+        raise ValueError("multi mode needs labels of at least 2 classes: use --ctrl-mode binary")
+    c, h, w = data.input_size
+    notes: List[str] = list(data.notes)
+    model = _build(config, c, h)
+    set_input_normalization(model, [0.5] * c, [0.5] * c)  # [0, 1] images -> CTRL's [-1, 1]
+    model.to(device)
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = len(data.train) if config.max_batches is None else min(len(data.train), config.max_batches)
+    game = GameStep(model, optimizer, config, data.num_classes, device,
+                    lr=lambda step: lr_at(config, step, steps_per_epoch), dist=dist)
+    out = Path(config.out)
+    start_epoch, start_batch = 0, 0
+    history: List[Dict[str, Any]] = []
+    if config.resume:
+        meta = restore_train_state(config.resume, model, optimizer, None, device,
+                                   check=lambda meta: _same_run(config, meta, card_of(model).arch))
+        start_epoch, start_batch, game.step = meta["epoch"], meta["batch"], meta["step"]
+        history = meta.get("history", [])
+    if dist.is_writer:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**asdict(config), "csc_version": __version__}, indent=2))
+
+    def write_state(epoch: int, batch: int) -> None:
+        if dist.is_writer:
+            save_train_state(out / "state.safetensors", model, optimizer, None,
+                             {"epoch": epoch, "batch": batch, "step": game.step, "arch": card_of(model).arch,
+                              "csc": config.csc, "history": history, "best": None, "config": asdict(config)})
+
+    test_x, test_y = _test_split(data.test)
+    parameters = sum(p.numel() for p in model.parameters())
+    emit(TrainStart(arch=card_of(model).arch, parameters=parameters, device=str(device), epochs=config.epochs,
+                    steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, train_images=data.train_images,
+                    notes=notes))
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        first = start_batch if epoch == start_epoch else 0
+        emit(EpochStart(epoch=epoch, batches=steps_per_epoch, first_batch=first))
+        model.train()
+        sums: Dict[str, float] = {k: 0.0 for k in _ROW_KEYS}
+        seen = count = 0
+        for b, (x, y) in enumerate(data.train.epoch(epoch, first), start=first):
+            if b >= steps_per_epoch:
+                break
+            terms = game(x, y)
+            for k in _ROW_KEYS:
+                sums[k] += terms.get(k, float("nan"))
+            count += 1
+            seen += int(x.shape[0])
+            emit(BatchEnd(epoch=epoch, batch=b + 1, batches=steps_per_epoch, loss=terms["T"], acc=float("nan"),
+                          images_per_s=seen / max(time.perf_counter() - epoch_start, 1e-9)))
+            if config.checkpoint_every and game.step % config.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                write_state(epoch, b + 1)
+        elapsed = time.perf_counter() - epoch_start
+        refresh_step_sizes(model)
+        from .train import csc_layer_stats
+
+        row: Dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(config, max(game.step - 1, 0), steps_per_epoch),
+                               **{k: (v / count if count else float("nan")) for k, v in sums.items()},
+                               **_test_scores(model, test_x, test_y, data.num_classes, config.eps2),
+                               "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
+                               "csc_layers": csc_layer_stats(_Loop(model), data.probe.to(device))}
+        history.append(row)
+        if dist.is_writer:
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            _write_summary(out / "summary.csv", history)
+        emit(GameEpochEnd.from_row(row))
+        write_state(epoch + 1, 0)
+    notes += game.warnings
+    seconds = time.perf_counter() - started
+    last = dict(history[-1]) if history else {}
+    summary = {"arch": card_of(model).arch, "csc": config.csc, "epochs": config.epochs, "task": "ctrl",
+               "ctrl_mode": config.ctrl_mode, "last_test_psnr": last.get("test_psnr"),
+               "last_test_dR": last.get("test_dR"), "seconds": seconds}
+    model_path = out / "model.safetensors"
+    if dist.is_writer:
+        save(model, model_path, dataset=config.dataset, class_names=data.class_names,
+             input_size=list(data.input_size), training=summary)
+    dist.close()
+    emit(TrainDone(seconds=seconds))
+    return TrainResult(out=str(out), model_path=str(model_path), epochs=config.epochs, last=last, best=None,
+                       history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=
+                       start_epoch if config.resume else None, arch=card_of(model).arch, notes=notes)
+
+
+#: At most this many test images are scored after every epoch (a streamed split: its first ones).
+TEST_IMAGES = 10000
+
+
+def _test_split(batches) -> Tuple[Tensor, Tensor]:
+    xs, ys, n = [], [], 0
+    for x, y in batches.epoch(0):
+        xs.append(x)
+        ys.append(y)
+        n += int(x.shape[0])
+        if n >= TEST_IMAGES:
+            break
+    return torch.cat(xs)[:TEST_IMAGES], torch.cat(ys)[:TEST_IMAGES]

@@ -1,0 +1,147 @@
+"""csc train on an autoencoder: the CTRL game (csc_cli.jobs.ctrl_train), compared with the game as
+PAPER.md section 2 states it and with the rate-reduction closed forms of csc_cli.core.rate."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import csc_cli
+from csc_cli.autoencoders import build_autoencoder
+from csc_cli.core.rate import ctrl_objective
+from csc_cli.jobs.ctrl_train import GameStep, features_of, reconstruction_scores
+from csc_cli.jobs.train import TrainConfig, lr_at, run_train
+from csc_cli.surgery import set_input_normalization
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_linear_schedule_decays_to_min_lr():
+    cfg = TrainConfig(epochs=4, lr=1e-3, schedule="linear", min_lr=0.0)
+    assert lr_at(cfg, 0, 10) == pytest.approx(1e-3)
+    assert lr_at(cfg, 20, 10) == pytest.approx(5e-4)
+    assert lr_at(cfg, 40, 10) == pytest.approx(0.0)
+
+
+def _tiny(csc="all"):
+    torch.manual_seed(0)
+    model = build_autoencoder("ctrl_dcgan32", in_chans=1, feature_dim=8, csc=csc)
+    set_input_normalization(model, [0.5], [0.5])
+    return model
+
+
+@pytest.mark.parametrize("csc", ["all", "none"])
+@pytest.mark.parametrize("encoder_steps,first_step_dr", [(1, False), (2, True)])
+def test_each_step_moves_only_its_network(csc, encoder_steps, first_step_dr):
+    """Encoder steps see gradients on encoder parameters only, the decoder step on decoder
+    parameters only (the decoder output is detached in the encoder steps; the encoder is frozen in
+    the decoder step); the two Adam groups carry CTRL's per-network betas."""
+    model = _tiny(csc)
+    cfg = TrainConfig(arch="ctrl_dcgan32", csc=csc, feature_dim=8, encoder_steps=encoder_steps,
+                      first_step_dr=first_step_dr, encoder_beta1=0.0, encoder_beta2=0.9, decoder_beta1=0.5)
+    from csc_cli.jobs.ctrl_train import _optimizer
+
+    optimizer = _optimizer(model, cfg)
+    assert [g["betas"] for g in optimizer.param_groups] == [(0.0, 0.9), (0.5, 0.999)]
+    enc, dec = set(map(id, model.encoder.parameters())), set(map(id, model.decoder.parameters()))
+    seen = []
+    real_step = optimizer.step
+
+    def spy(*args, **kwargs):
+        with_grad = {id(p) for g in optimizer.param_groups for p in g["params"] if p.grad is not None}
+        seen.append("encoder" if with_grad == enc else "decoder" if with_grad == dec else f"mixed {len(with_grad)}")
+        return real_step(*args, **kwargs)
+
+    optimizer.step = spy
+    game = GameStep(model, optimizer, cfg, num_classes=2, device=torch.device("cpu"), lr=lambda step: 1e-3)
+    x = torch.rand(24, 1, 32, 32)
+    y = torch.arange(24) % 2
+    terms = game(x, y)
+    assert seen == ["encoder"] * encoder_steps + ["decoder"]
+    assert game.step == 1 and all(p.requires_grad for p in model.parameters())
+    assert set(terms) >= {"T", "dR_Z", "dR_Zh", "pairwise", "R_Z", "train_mse"}
+    assert game.warnings == []  # 12 samples per class >= d = 8
+    game(x[:10], y[:10])  # 5 per class < d: the rate of a class is rank-capped, and the run says so once
+    assert len(game.warnings) == 1 and "\n" not in game.warnings[0]
+
+
+def test_reported_terms_are_the_objective_on_the_decoder_steps_features():
+    """T returned by a step equals ctrl_objective on f(x) and f(g(f(x))) as the decoder step saw them
+    (train-mode BatchNorm), recomputed from a copy of the model taken just before the step."""
+    import copy
+
+    model = _tiny("none")
+    cfg = TrainConfig(arch="ctrl_dcgan32", csc="none", feature_dim=8, encoder_steps=1)
+    from csc_cli.jobs.ctrl_train import _optimizer
+
+    x = torch.rand(32, 1, 32, 32)
+    y = torch.arange(32) % 2
+    optimizer = _optimizer(model, cfg)
+    game = GameStep(model, optimizer, cfg, num_classes=2, device=torch.device("cpu"), lr=lambda step: 0.0)
+    before = copy.deepcopy(model).train()
+    terms = game(x, y)  # lr 0: Adam moves nothing, BatchNorm running stats aside
+    with torch.no_grad():
+        z = before.encode(x)
+        zh = before.encode(before.decode(z))
+        T, _ = ctrl_objective(z, zh, y, 2)
+    assert terms["T"] == pytest.approx(float(T), rel=1e-5)
+
+
+def test_reconstruction_scores_and_features():
+    images = torch.rand(10, 1, 32, 32)
+    scores = reconstruction_scores(images, images.clamp(0, 1) * 0 + images)
+    assert scores["mse"] == 0 and scores["psnr"] == pytest.approx(120.0)
+    noisy = (images + 0.1).clamp(0, 1)
+    mse = float((noisy - images).square().mean())
+    assert reconstruction_scores(images, noisy)["psnr"] == pytest.approx(10 * torch.log10(torch.tensor(1 / mse)).item())
+    model = _tiny("none")
+    z, recon = features_of(model, images, batch_size=4)
+    assert z.shape == (10, 8) and recon.shape == images.shape and model.training
+    assert torch.allclose(z.norm(dim=1), torch.ones(10), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_short_csc_ctrl_training_on_digits_raises_dR_and_the_file_reloads(tmp_path):
+    """A few epochs of CSC-CTRL on digits (32 px, d = 16): the rate reduction of the training
+    features and of the test features rises from the first epoch's (with a margin of a quarter of
+    the first value); the saved autoencoder reloads with the test scores the run measured."""
+    cfg = TrainConfig(dataset="digits", image_size=32, arch="ctrl_dcgan32", csc="all", feature_dim=16,
+                      batch_size=256, epochs=4, lr=1e-3, weight_decay=0.0, schedule="linear", min_lr=0.0,
+                      augment="none", out=str(tmp_path / "run"))
+    result = run_train(cfg)
+    first, last = result.history[0], result.history[-1]
+    assert last["dR_Z"] > 1.25 * first["dR_Z"] and last["test_dR"] > 1.25 * first["test_dR"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all("pairwise" in r and "test_psnr" in r for r in rows)
+    model = csc_cli.load(result.model_path)
+    assert model.csc_card.task == "autoencoder" and model.csc_card.training["ctrl_mode"] == "multi"
+    from csc_cli.data import load_dataset
+
+    test = load_dataset("digits", "test", image_size=32)
+    z, recon = features_of(model, test.images)
+    assert reconstruction_scores(test.images, recon)["psnr"] == pytest.approx(last["test_psnr"], rel=1e-6)
+    again = csc_cli.load(result.model_path)
+    assert torch.equal(features_of(again, test.images[:64])[1], recon[:64])
+
+
+def test_cli_trains_an_autoencoder_with_the_digits_recipe(cli, tmp_path):
+    code, out, err = cli(["train", "digits", "--recipe", str(ROOT / "recipes" / "ctrl_digits.toml"), "--epochs", "1",
+                          "--max-batches", "1", "--feature-dim", "8", "--csc", "none", "--out", str(tmp_path / "r"),
+                          "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["arch"] == "ctrl_dcgan32" and {"T", "test_psnr", "test_dR"} <= set(result["last"])
+    assert (tmp_path / "r" / "state.safetensors").exists() and (tmp_path / "r" / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--csc", "stem"], "autoencoder: --csc all"),
+    (["--ctrl-mode", "both"], "ctrl-mode"),
+    (["--csc", "all", "--amp", "fp16"], "fp16"),
+])
+def test_bad_autoencoder_runs_are_refused_in_one_line(cli, tmp_path, args, message):
+    code, out, err = cli(["train", "digits", "--arch", "ctrl_dcgan32", "--image-size", "32", *args,
+                          "--out", str(tmp_path / "r")])
+    assert code != 0 and message in (out + err) and "Traceback" not in (out + err)
+    assert not (tmp_path / "r" / "model.safetensors").exists()
