@@ -197,11 +197,16 @@ def test_recipe_round_trip(tmp_path, cli):
 def test_every_shipped_recipe_parses(recipe):
     cfg = TrainConfig.from_toml(recipe)
     cfg.validate()
-    if recipe.stem.endswith("_warmstart"):  # fine-tuning a converted model: a tenth of the paper's lr
+    if recipe.stem.startswith("ctrl_"):  # the CTRL game (PAPER.md section 2): Adam, linear decay to 0
+        assert cfg.autoencoder and cfg.schedule == "linear" and cfg.min_lr == 0 and cfg.weight_decay == 0
+        if cfg.dataset != "digits":  # the reference settings (digits is a documented CPU budget)
+            assert (cfg.lr, cfg.feature_dim, cfg.eps2) == (1.5e-4, 128, 0.5)
+            assert cfg.batch_size == {"cifar10": 1600, "imagenet": 300}[cfg.dataset]
+    elif recipe.stem.endswith("_warmstart"):  # fine-tuning a converted model: a tenth of the paper's lr
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.init) == (0.01, 128, 5e-4, None)
     elif cfg.dataset.startswith("cifar"):
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs, cfg.nesterov) == (0.1, 128, 5e-4, 220, True)
-    if cfg.dataset == "imagenet":
+    elif cfg.dataset == "imagenet":
         assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.milestones, cfg.nesterov) == (0.1, 1e-4, 100, [30, 60, 90], False)
         assert cfg.batch_size == (256 if cfg.csc == "all" else 512)
 
