@@ -219,6 +219,11 @@ def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "ste
     'all' every conv (see :func:`csc_cli.convert`)."""
     if csc not in ("stem", "all", "none"):
         raise ValueError(f"csc must be 'stem', 'all' or 'none', got {csc!r}")
+    from .choices import CTRL_ARCHS
+
+    if arch in CTRL_ARCHS:
+        raise ValueError(f"{arch} is an autoencoder: build it with csc_cli.models.build_autoencoder (csc train "
+                         "does), not build_model")
     kwargs: Dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if not shortcut:
         if csc != "all":
