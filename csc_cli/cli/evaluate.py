@@ -1,4 +1,6 @@
-"""``csc eval``: clean accuracy, corruptions, test-time lambda."""
+"""``csc eval``: clean accuracy, corruptions, test-time lambda; for an autoencoder model file (its card
+says ``task == 'autoencoder'``) reconstruction, features and the encoder's lambda as a denoiser
+(:mod:`csc_cli.jobs.ae_eval`)."""
 
 from __future__ import annotations
 
@@ -49,9 +51,47 @@ def eval_(
     plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
     seed: Seed = 0,
     as_json: Json = False,
+    noise: Annotated[Optional[float], typer.Option(
+        help="Autoencoders: sigma of the Gaussian noise for the lambda sweep (default 0.1).")] = None,
+    lambda_grid: Annotated[Optional[str], typer.Option(
+        help="Autoencoders: lambdas for every encoder CSC layer, e.g. 0.05,0.1,0.2,0.4 (the default) or "
+             "0.1:1.4:0.1.")] = None,
+    fid_weights: Annotated[Optional[Path], typer.Option(
+        help="Autoencoders: an Inception-v3 state dict (safetensors or torch file) for FID of the "
+             "reconstructions.")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Autoencoders: a seeded subset of the test split.")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Autoencoders: evaluate on another dataset (a transfer; same channels).")] = None,
 ) -> None:
     """Evaluate a model: clean accuracy, corruption robustness, test-time lambda (as trained,
-    oracle, auto)."""
+    oracle, auto). For an autoencoder: reconstruction MSE / PSNR / SSIM, nearest-subspace accuracy
+    and rate reduction of the features, a lambda sweep on noisy inputs, FID with --fid-weights."""
+    from ..checkpoint import read_card
+
+    if read_card(model).task == "autoencoder":
+        given = [flag for flag, value, default in (
+            ("--corruptions", corruptions, None), ("--severities", severities, "1,2,3,4,5"),
+            ("--corruption-dir", corruption_dir, None), ("--baseline", baseline, None), ("--lambda", lam, None),
+            ("--lambda-scale", lambda_scale, None), ("--lambda-layers", lambda_layers, "first"),
+            ("--lambda-sweep", lambda_sweep, None), ("--calibrate-lambda", calibrate_lambda, False),
+            ("--calibration-images", calibration_images, 512),
+            ("--calibration-corruptions", calibration_corruptions, "gaussian_noise"), ("--out", out, None),
+            ("--in-place", in_place, False), ("--plots", plots, None), ("--amp", amp, "none"))
+            if value not in (default, [])]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)}: classifier options; {model} is an autoencoder (its "
+                                     "options: --noise, --lambda-grid, --fid-weights, --n, --data, --csv)")
+        if dataset and data and dataset != data:
+            raise typer.BadParameter(f"DATASET {dataset} and --data {data} disagree: give one")
+        if n is not None and max_images is not None and n != max_images:
+            raise typer.BadParameter("--n and --max-images disagree: give one")
+        _ae_eval(model, data or dataset, data_dir, n if n is not None else max_images, noise, lambda_grid,
+                 fid_weights, batch_size, device, csv, seed, as_json)
+        return
+    given = [flag for flag, value in (("--noise", noise), ("--lambda-grid", lambda_grid), ("--fid-weights", fid_weights),
+                                      ("--n", n), ("--data", data)) if value is not None]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)}: autoencoder options; {model} is a classifier")
     from ..jobs.evaluate import EvalConfig, run_eval
 
     sev = [int(v) for v in floats(severities)] if severities else [1, 2, 3, 4, 5]
@@ -69,3 +109,24 @@ def eval_(
         console.print_json(json.dumps(result))
         return
     render.evaluate(result)
+
+
+def _ae_eval(model: Path, data: Optional[str], data_dir: Optional[str], n: Optional[int], noise: Optional[float],
+             lambda_grid: Optional[str], fid_weights: Optional[Path], batch_size: int, device: str,
+             csv: Optional[Path], seed: int, as_json: bool) -> None:
+    from ..jobs.ae_eval import AEEvalConfig, run_ae_eval
+    from .render_ae import ae_evaluate
+
+    config = AEEvalConfig(model=str(model), data=data, data_dir=data_dir, n=n, batch_size=batch_size, device=device,
+                          fid_weights=str(fid_weights) if fid_weights else None, csv=str(csv) if csv else None,
+                          seed=seed)
+    if noise is not None:
+        config.noise = noise
+    if lambda_grid is not None:
+        config.lambda_grid = grid(lambda_grid)
+    with JobProgress(err_console if as_json else console, "evaluating") as bar:
+        result = run_ae_eval(config, on_steps(bar)).to_dict()
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    ae_evaluate(result)
