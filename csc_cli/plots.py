@@ -163,3 +163,69 @@ def _save(fig, path: Path, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi)
     _pyplot().close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- autoencoder figures
+def image_grid_figure(grid: Any, row_labels: Sequence[str], path: Path, title: str = "") -> Path:
+    """One image grid (an ``(H, W, 3)`` array in [0, 1], rows of equal height) with a label per row."""
+    plt = _pyplot()
+    h, w = grid.shape[:2]
+    inches = max(4.0, min(16.0, w / 60))
+    fig, ax = plt.subplots(figsize=(inches + 1.5, max(2.0, inches * h / w) + 0.6))
+    ax.imshow(grid, interpolation="nearest")
+    rows = max(1, len(row_labels))
+    ax.set_yticks([(i + 0.5) * h / rows for i in range(rows)], list(row_labels), fontsize=label_fontsize(rows))
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _save(fig, path, dpi=110)
+
+
+def heatmap_figure(matrix: Any, path: Path, title: str, bounds: Sequence[int] = (), ticks: Sequence[float] = (),
+                   tick_labels: Sequence[str] = ()) -> Path:
+    """A square matrix with lines at the class ``bounds`` and class labels at ``ticks``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(matrix, cmap="viridis", interpolation="nearest", vmin=0)
+    for b in bounds:
+        ax.axhline(b - 0.5, color="white", linewidth=0.5)
+        ax.axvline(b - 0.5, color="white", linewidth=0.5)
+    if ticks:
+        size = label_fontsize(len(ticks))
+        ax.set_xticks(list(ticks), list(tick_labels), fontsize=size, rotation=90 if len(ticks) > 10 else 0)
+        ax.set_yticks(list(ticks), list(tick_labels), fontsize=size)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path, dpi=110)
+
+
+def spectra_figure(spectra: Dict[str, Sequence[float]], path: Path, title: str) -> Path:
+    """One line of singular values per class (log scale)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, values in spectra.items():
+        ax.plot(range(1, len(values) + 1), [max(v, 1e-12) for v in values], marker=".", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("index")
+    ax.set_ylabel("singular value")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=1 if len(spectra) <= 10 else 2)
+    return _save(fig, path, dpi=110)
+
+
+def atom_panels_figure(panels: Dict[str, Any], path: Path, title: str, columns: int = 3) -> Path:
+    """One panel per layer (an ``(H, W, 3)`` atom grid in [0, 1] each), ``columns`` panels a row."""
+    plt = _pyplot()
+    names = list(panels)
+    cols = min(columns, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 1.8 * rows + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(names):
+            ax.imshow(panels[names[i]], interpolation="nearest")
+            ax.set_title(names[i], fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path, dpi=110)

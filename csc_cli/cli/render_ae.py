@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
 from .app import console
@@ -48,3 +50,35 @@ def ae_evaluate(result: dict) -> None:
         console.print(f"note: {note}")
     for path in result.get("files", []) or []:
         console.print(f"wrote {path}")
+
+
+def ae_inspect(result: dict) -> None:
+    """Renderer of ``csc inspect`` on an autoencoder (``AEInspectResult.to_dict()``)."""
+    console.print(f"[bold]{result['model']}[/]: {result['arch']} (d {result['feature_dim']}) on {result['dataset']}, "
+                  f"{result['test_features']} test / {result['train_features']} training features")
+    rec, block = result["reconstruction"], result["block_diagonal"]
+    t = Table(title="Numbers")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_row(f"reconstruction MSE ({rec['images']} shown images)", f"{rec['mse']:.5f} ({rec['psnr']:.2f} dB)")
+    t.add_row("block-diagonal energy of |Z^T Z|", f"{block['zz']:.3f} (chance {block['chance']:.3f})")
+    t.add_row("block-diagonal energy of |Z^T f(g(Z))|", f"{block['zzh']:.3f}")
+    t.add_row("mean <z, f(g(z))>", f"{result['self_consistency']:.3f}")
+    console.print(t)
+    s = Table(title="Top singular values of each class's test features")
+    s.add_column("class")
+    top = max((len(v) for v in result["singular_values"].values()), default=0)
+    for i in range(min(top, 5)):
+        s.add_column(f"s{i + 1}", justify="right")
+    for name, values in result["singular_values"].items():
+        s.add_row(name, *[f"{v:.3f}" for v in values[:5]])
+    console.print(s)
+    if result["files"]:
+        folder = str(Path(result["files"][0]).parent)
+        f = Table(title=f"Files in {folder}")
+        f.add_column("file")
+        for path in result["files"]:
+            f.add_row(Path(path).name)
+        console.print(f)
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
