@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from ..checkpoint import load
+from ..checkpoint import load, read_card
 from ..choices import ATTACK_PRESETS
 from ..surgery import card_of
 from ..layers import csc_layers
@@ -208,6 +208,9 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     config.validate()
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
+    if read_card(config.model).task == "autoencoder":
+        raise ValueError(f"{config.model} is an autoencoder: csc attack attacks classifiers (evaluate an "
+                         "autoencoder with csc eval, whose nearest-subspace accuracy needs no attack)")
     model = load(config.model, map_location=device).to(device).eval()
     if card_of(model).data.mean is None:
         raise ValueError(f"{config.model} has no normalisation metadata: attacks need raw [0, 1] images and a model "

@@ -373,3 +373,11 @@ def test_fid_in_the_job_with_an_inception_state_dict(tiny_ae, tmp_path):
     assert out["fid"]["features"] == 2048 and out["fid"]["images"] == 6
     assert math.isfinite(out["fid"]["fid"]) and out["fid"]["fid"] >= 0
     assert any("FID on 6 images" in note for note in out["notes"])
+
+
+def test_attack_refuses_an_autoencoder_in_one_line(cli, tiny_ae, tmp_path):
+    """csc attack attacks classifiers: an autoencoder file gets one line and exit 1."""
+    code, out, err = cli(["attack", str(tiny_ae), "--preset", "quick", "--n", "4"])
+    text = out + err
+    assert code == 1 and "is an autoencoder: csc attack attacks classifiers" in text and "Traceback" not in text
+    assert len(text.strip().splitlines()) <= 3  # the error line (wrapped at most once or twice), no table
