@@ -38,7 +38,7 @@ from torch import Tensor
 from .. import __version__
 from ..autoencoders import build_autoencoder, is_autoencoder
 from ..checkpoint import load, save
-from ..core.rate import ctrl_objective, rate_reduction, small_class_warning
+from ..core.rate import coding_rate, ctrl_objective, rate_reduction, small_class_warning
 from ..surgery import card_of, set_input_normalization
 from .common import autocast, resolve_device
 from .events import BatchEnd, EpochStart, GameEpochEnd, ProgressFn, TrainDone, TrainStart, ignore
@@ -139,7 +139,7 @@ class GameStep:
                 labels = _gather_labels(y, self.dist) if cfg.ctrl_mode == "multi" else None
                 zg = _gather(z, self.dist)
                 loss = -(rate_reduction(zg, labels, self.num_classes, cfg.eps2).dR if labels is not None
-                         else _sphere_rate(zg, cfg.eps2))
+                         else coding_rate(zg, cfg.eps2))
             else:
                 loss = -self._objective(z, zh, y)[0]
             self._apply(loss, self.encoder_params)
@@ -161,12 +161,6 @@ class GameStep:
         out["T"] = float(total.detach())
         out["train_mse"] = float((decoded.detach().float() - x.float()).square().mean())
         return out
-
-
-def _sphere_rate(z: Tensor, eps2: float) -> Tensor:
-    from ..core.rate import coding_rate
-
-    return coding_rate(z, eps2)
 
 
 # ----------------------------------------------------------------------------- evaluation
