@@ -38,6 +38,8 @@ NORMS = ("Linf", "L2")
 GRADIENT_MODES = ("unrolled", "implicit", "smooth", "more-steps")
 RULE_MODES = ("bpda", "through-rule")  # for a per-input lambda rule
 LAMBDA_LAYERS = ("first", "all")
+LAMBDA_RULES = ("residual", "sigma", "sigma_table", "discrepancy")  # csc_cli.robust.rules
+RULE_CHOICES = ("best",) + LAMBDA_RULES
 
 # csc attack --preset: a named set of defaults (flags given on the command line still win)
 ATTACK_PRESETS = {

@@ -32,9 +32,10 @@ def eval_figures(result: Dict[str, Any], out_dir: Path) -> List[str]:
         sev = [str(s) for s in table["severities"]]
         fig, ax = plt.subplots(figsize=(6, 4))
         modes = [("as trained" if result["lam"]["mode"] != "auto" else "auto", table["accuracy"])]
-        for key, label in (("oracle", "oracle (lambda chosen on test data)"), ("auto", "auto (calibrated rule)")):
-            if key in table:
-                modes.append((label, table[key]["accuracy"]))
+        if "oracle" in table:
+            modes.append(("oracle (lambda chosen on test data)", table["oracle"]["accuracy"]))
+        for name, auto in table.get("auto", {}).items():
+            modes.append((f"auto: {name} rule", auto["accuracy"]))
         for label, acc in modes:
             ys = [sum(per[s] for per in acc.values()) / len(acc) for s in sev]
             ax.plot([int(s) for s in sev], [100 * y for y in ys], marker="o", label=label)
@@ -64,25 +65,36 @@ def eval_figures(result: Dict[str, Any], out_dir: Path) -> List[str]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(str(path))
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for name in names:
-            rs = [sweep["r"][name][s] for s in sweep["best_lam"][name]]
-            lams = [sweep["best_lam"][name][s] for s in sweep["best_lam"][name]]
-            ax.scatter(rs, lams, label=f"{name} (oracle, test)")
         cal = result.get("calibration")
-        if cal:
-            rs = [lv["r"] for lv in cal["levels"]]
-            ax.scatter(rs, [lv["best_lam"] for lv in cal["levels"]], marker="x", label="calibration (train)")
-            lo, hi = min(rs), max(rs)
-            ax.plot([lo, hi], [cal["a"] * lo + cal["b"], cal["a"] * hi + cal["b"]], label="fitted rule")
-        ax.set_xlabel("reconstruction error r(x) of the first CSC layer")
-        ax.set_ylabel("best lambda")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / "best_lambda_vs_error.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(str(path))
+        for stat, xlabel in (("r", "reconstruction error r(x) of the first CSC layer"),
+                             ("sigma", "noise level sigma(x) of the first CSC layer's input (MAD)")):
+            if stat not in sweep:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 4))
+            for name in names:
+                keys = list(sweep["best_lam"][name])
+                ax.scatter([sweep[stat][name][k] for k in keys], [sweep["best_lam"][name][k] for k in keys],
+                           label=f"{name} (oracle, test)")
+            if cal:
+                xs = [lv[stat] for lv in cal["levels"]]
+                ax.scatter(xs, [lv["best_lam"] for lv in cal["levels"]], marker="x", color="k",
+                           label="calibration (train)")
+                rule = cal["rules"].get({"r": "residual", "sigma": "sigma"}[stat])
+                if rule:
+                    lo, hi = min(xs), max(xs)
+                    ax.plot([lo, hi], [rule["a"] * lo + rule["b"], rule["a"] * hi + rule["b"]],
+                            label=f"fitted {rule['rule']} rule")
+                table = cal["rules"].get("sigma_table")
+                if table and stat == "sigma":
+                    ax.plot(table["knots"], table["lams"], linestyle="--", label="fitted sigma_table rule")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("best lambda")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out_dir / ("best_lambda_vs_error.png" if stat == "r" else "best_lambda_vs_sigma.png")
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(str(path))
     return written
 
 

@@ -114,7 +114,7 @@ def test_importing_the_package_is_lazy_and_the_api_still_works():
     ("train", ["<stem|all|none>", "<unrolled|implicit|recompute>", "<sgd|adamw>", "<cosine|step|constant|linear>", "<multi|binary>",
                "<auto|none|crop|crop_flip|imagenet>", "<none|bf16|fp16>", "<last|best>"]),
     ("convert", ["<fista|ista|heavy_ball>", "<unrolled|implicit|recompute>"]),
-    ("eval", ["<none|bf16|fp16>", "<first|all>", "standard", "noise"]),
+    ("eval", ["<none|bf16|fp16>", "<first|all>", "standard", "noise", "sigma_table", "discrepancy"]),
     ("attack", ["<Linf|L2>", "<first|all>", "<quick>", "apgd-dlr", "autoattack", "more-steps", "through-rule"]),
     ("inspect", ["folder:PATH"]),
 ])

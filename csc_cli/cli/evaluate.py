@@ -13,8 +13,8 @@ import typer
 from ..choices import CORRUPTION_GROUPS
 from . import render
 from .app import app, console, err_console
-from .options import (Amp, DataDir, Device, EvalDataset, Json, LamLayers, LamPolicy, LamScale, ModelFile, Seed, floats,
-                      grid, names)
+from .options import (Amp, DataDir, Device, EvalDataset, Json, LamLayers, LamPolicy, LamScale, ModelFile, RuleName,
+                      Seed, floats, grid, names)
 from .progress import JobProgress, on_steps
 
 
@@ -40,7 +40,12 @@ def eval_(
     lambda_sweep: Annotated[Optional[str], typer.Option(
         help="Lambdas for the first CSC layer, e.g. 0.1:1.4:0.1 (reports the oracle).")] = None,
     calibrate_lambda: Annotated[bool, typer.Option(
-        "--calibrate-lambda", help="Fit lambda = a*r(x)+b on corrupted training images and store it.")] = False,
+        "--calibrate-lambda", help="Fit the label-free lambda rules on corrupted training images and store "
+                                   "one (--rule) in a new model file.")] = False,
+    rule: Annotated[RuleName, typer.Option(
+        help="The rule --calibrate-lambda stores: best (highest accuracy on held-out corrupted training "
+             "images), residual (a*r(x)+b), sigma (a*sigma(x)+b, MAD noise estimate), sigma_table "
+             "(monotone in sigma(x)) or discrepancy (residual matched to the noise energy).")] = "best",
     calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate.")] = 512,
     calibration_corruptions: Annotated[str, typer.Option(help="Corruptions used to calibrate.")] = "gaussian_noise",
     out: Annotated[Optional[str], typer.Option(
@@ -74,7 +79,7 @@ def eval_(
             ("--corruption-dir", corruption_dir, None), ("--baseline", baseline, None), ("--lambda", lam, None),
             ("--lambda-scale", lambda_scale, None), ("--lambda-layers", lambda_layers, "first"),
             ("--lambda-sweep", lambda_sweep, None), ("--calibrate-lambda", calibrate_lambda, False),
-            ("--calibration-images", calibration_images, 512),
+            ("--calibration-images", calibration_images, 512), ("--rule", rule, "best"),
             ("--calibration-corruptions", calibration_corruptions, "gaussian_noise"), ("--out", out, None),
             ("--in-place", in_place, False), ("--plots", plots, None), ("--amp", amp, "none"))
             if value not in (default, [])]
@@ -100,7 +105,7 @@ def eval_(
                         severities=sev, corruption_dir=corruption_dir, baseline=baseline, lam=lam,
                         lambda_scale=lambda_scale, lambda_layers=lambda_layers,
                         lambda_sweep=grid(lambda_sweep) if lambda_sweep else None,
-                        calibrate_lambda=calibrate_lambda, calibration_images=calibration_images,
+                        calibrate_lambda=calibrate_lambda, calibration_images=calibration_images, rule=rule,
                         calibration_corruptions=names(calibration_corruptions), out=out, in_place=in_place,
                         csv=str(csv) if csv else None, plots=str(plots) if plots else None, seed=seed)
     with JobProgress(err_console if as_json else console, "evaluating") as bar:

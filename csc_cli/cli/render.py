@@ -87,8 +87,13 @@ def evaluate(result: dict) -> None:
         console.print(pc)
     cal = result.get("calibration")
     if cal:
-        console.print(f"calibrated on {cal['images']} corrupted training images: lambda = {cal['a']:.4g} * r + "
-                      f"{cal['b']:.4g} for {cal['layer']} (written to {cal['written_to']})")
+        held = f", rule chosen on {cal['held_out_images']} held-out ones" if cal.get("held_out_images") else ""
+        console.print(f"calibrated {cal['layer']} on {cal['images']} training images with "
+                      f"{', '.join(cal['corruptions'])}{held}; stored rule {cal['rule']}: "
+                      f"{cal['rules'][cal['rule']]['formula']} (written to {cal['written_to']})")
+        if cal.get("selection"):
+            console.print("held-out mean accuracy per rule: " + ", ".join(
+                f"{n} {100 * v:.1f}%" for n, v in cal["selection"].items()))
     table = result.get("corruptions")
     if table:
         _corruptions(table, mode)
@@ -109,18 +114,38 @@ def _corruptions(table: dict, mode: str) -> None:
     for s in sev:
         ct.add_column(f"s{s}", justify="right")
     ct.add_column("mean", justify="right")
-    extra = [k for k in ("oracle", "auto") if k in table]
-    for k in extra:
+    extra = ([("oracle", table["oracle"])] if "oracle" in table else []) + [
+        (f"auto:{k}", v) for k, v in table.get("auto", {}).items()]
+    for k, _ in extra:
         ct.add_column(f"{k} mean", justify="right")
     for name, per in table["accuracy"].items():
         row = [name] + [f"{100 * per[s]:.1f}" for s in sev] + [f"{100 * table['mean'][name]:.1f}"]
-        row += [f"{100 * table[k]['mean'][name]:.1f}" for k in extra]
+        row += [f"{100 * v['mean'][name]:.1f}" for _, v in extra]
         ct.add_row(*row)
     console.print(ct)
     console.print(f"mean accuracy {100 * table['mean_accuracy']:.2f}%, mean corruption error "
                   f"{100 * table['mean_corruption_error']:.2f}%")
-    for k in extra:
-        console.print(f"{table[k]['label'] if 'label' in table[k] else k}")
+    for k, v in extra:
+        console.print(v.get("label", k))
+    if table.get("protocol") and len(table["protocol"]["modes"]) > 1:
+        _protocol(table["protocol"], mode)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _protocol(proto: dict, mode: str) -> None:
+    fitted = ", ".join(proto["fitted"]) or "none of these"
+    pt = Table(title=f"Test-time lambda: fitted on {', '.join(proto['fitted_on']) or '-'}; "
+                     f"unseen here: {len(proto['unseen'])} corruption(s)")
+    for col in ("mode", "clean", f"fitted ({fitted})", "unseen (mean)"):
+        pt.add_column(col, justify="right")
+    for key, m in proto["modes"].items():
+        name = mode if key == "base" else key
+        pt.add_row(name, _pct(m["clean"]), _pct(m["fitted"]), _pct(m["unseen"]))
+    console.print(pt)
+    console.print("oracle: lambda chosen per corruption level on the test labels (an upper reference, not deployable)")
 
 
 def _sweep(sweep: dict) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv as csvlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +25,9 @@ from ..checkpoint import load, save
 from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
 from ..data.source import open_for_model
 from ..surgery import card_of
-from ..robust.lam import LambdaPolicy, LambdaRule, first_csc_layer, reconstruction_error
+from ..robust.lam import LambdaPolicy, first_csc_layer
+from ..robust.rules import (RULES, LambdaRule, fit_rules, measure_level, noise_sigma, reconstruction_error,
+                            rule_from_dict)
 from .common import accuracy, accuracy_over_lambdas, evaluation_data, predict, resolve_device
 from .events import ProgressFn, Step, ignore
 STREAMED_SAMPLE = 1000  # images held in memory for corruptions / sweeps of an image-file dataset
@@ -51,6 +53,7 @@ class EvalConfig:
     calibrate_lambda: bool = False
     calibration_images: int = 512
     calibration_corruptions: List[str] = field(default_factory=lambda: ["gaussian_noise"])
+    rule: str = "best"  # the rule --calibrate-lambda stores: best (chosen on held-out training images) or a name
     out: Optional[str] = None  # model file for the calibrated rule (default: <model>.calibrated.safetensors)
     in_place: bool = False  # write the calibrated rule into the model file itself (only when asked)
     csv: Optional[str] = None  # write every accuracy as CSV rows here
@@ -142,36 +145,65 @@ def calibrated_path(config: EvalConfig) -> Path:
 
 def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
                      grid: List[float], emit: ProgressFn) -> Tuple[LambdaRule, Dict[str, Any]]:
-    """Fit ``lambda = a * r + b`` on corrupted *training* images: for every noise level (clean and
-    each calibration corruption at severities 1-5), the lambda of the grid with the best accuracy,
-    against the mean reconstruction error ``r`` of that level at the trained lambda."""
+    """Fit every label-free rule (:mod:`csc_cli.robust.rules`) on corrupted *training* images: for
+    each level (clean and each calibration corruption at severities 1-5), the lambda of the grid with
+    the best accuracy and the statistics of the first CSC layer's inputs. Returns the rule chosen by
+    ``config.rule`` -- ``best``: the one with the highest mean accuracy over the levels on a held-out
+    half of the calibration images -- and a report holding every fitted rule."""
     layer_name = first_csc_layer(model)
     layer = dict(model.named_modules())[layer_name]
     reference = float(layer.lam)
+    if config.rule != "best" and config.rule not in RULES:
+        raise ValueError(f"--rule must be best or one of {', '.join(RULES)}, got {config.rule!r}")
     train = open_for_model(card_of(model), "train", dataset, config.data_dir)
     gen = torch.Generator().manual_seed(config.seed + 1)
     idx = torch.randperm(len(train), generator=gen)[: config.calibration_images]
     x, y = train.take(idx)
+    select = config.rule == "best"
+    if select and x.shape[0] < 4:
+        raise ValueError("--rule best holds out half of the calibration images: give --calibration-images >= 4")
+    half = x.shape[0] // 2 if select else x.shape[0]
     levels = [("clean", 0)] + [(c, s) for c in config.calibration_corruptions for s in range(1, 6)]
-    rs, best, rows = [], [], []
+    measured, rows, held_out = [], [], []
     for i, (name, severity) in enumerate(levels):
         xc = x if severity == 0 else corrupt(x, name, severity, seed=config.seed + 7)
-        with torch.no_grad():
-            r = float(_stem_input_error(model, layer, xc.to(device), reference))
-        accs = accuracy_over_lambdas(model, layer_name, grid, xc, y, device, config.batch_size, config.amp)
+        accs = accuracy_over_lambdas(model, layer_name, grid, xc[:half], y[:half], device, config.batch_size,
+                                     config.amp)
         pick = grid[int(np.argmax(accs))]
-        rs.append(r)
-        best.append(pick)
-        rows.append({"corruption": name, "severity": severity, "r": r, "best_lam": pick, "accuracies": accs})
+        level = measure_level(layer, _layer_inputs(model, layer, xc[:half], device, config.batch_size),
+                              name, severity, pick, reference)
+        measured.append(level)
+        held_out.append((xc[half:], y[half:]))
+        rows.append({**asdict(level), "accuracies": accs})
         emit(Step("calibrate", i + 1, len(levels), f"{name} s{severity}" if severity else name))
-    rule = LambdaRule.fit(layer_name, reference, rs, best, lo=min(grid), hi=max(grid))
-    return rule, {"layer": layer_name, "reference_lam": reference, "grid": grid, "levels": rows,
-                  "images": int(x.shape[0]), "a": rule.a, "b": rule.b}
+    rules = fit_rules(layer_name, reference, measured, lo=min(grid), hi=max(grid))
+    selection = None
+    if select:
+        selection = {}
+        for j, (name, rule) in enumerate(rules.items()):
+            with rule.applied(model):
+                accs = [_accuracy(model, xs, ys, device, config) for xs, ys in held_out]
+            selection[name] = float(np.mean(accs))
+            emit(Step("select rule", j + 1, len(rules), name))
+        chosen = max(rules, key=lambda n: selection[n])  # ties: the first in RULES order
+    else:
+        chosen = config.rule
+    report = {"layer": layer_name, "reference_lam": reference, "grid": grid, "levels": rows,
+              "images": int(half), "held_out_images": int(x.shape[0] - half) if select else 0,
+              "corruptions": list(config.calibration_corruptions), "rule": chosen,
+              "rules": {n: {**r.to_dict(), "formula": r.describe()} for n, r in rules.items()},
+              "selection": selection}
+    return rules[chosen], {**report, "fitted": rules}
+
+
+def _layer_inputs(model: nn.Module, layer, x: torch.Tensor, device, batch_size: int) -> Iterator[torch.Tensor]:
+    """What ``layer`` receives when ``model`` sees ``x``, batch by batch (the forward stops there)."""
+    for start in range(0, x.shape[0], batch_size):
+        yield _layer_input(model, layer, x[start : start + batch_size].to(device))
 
 
 @torch.no_grad()
-def _stem_input_error(model: nn.Module, layer, x: torch.Tensor, lam: float) -> torch.Tensor:
-    """Mean reconstruction error of ``layer``'s own input when ``model`` sees ``x``."""
+def _layer_input(model: nn.Module, layer, x: torch.Tensor) -> torch.Tensor:
     captured = {}
 
     def hook(mod, args):
@@ -185,7 +217,7 @@ def _stem_input_error(model: nn.Module, layer, x: torch.Tensor, lam: float) -> t
         pass
     finally:
         handle.remove()
-    return reconstruction_error(layer, captured["x"], lam).mean()
+    return captured["x"]
 
 
 class _Stop(Exception):
@@ -226,11 +258,16 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
         grid = [round(0.1 * i, 2) for i in range(1, 15)]  # the authors' 0.1 .. 1.4
 
     calibration = None
+    fitted: Dict[str, LambdaRule] = {}
     if config.calibrate_lambda:
         rule, calibration = calibrate_lambda(model, config, dataset, device, grid, emit)
+        fitted = calibration.pop("fitted")
         card.lambda_rule = rule.to_dict()
         save(model, target)
         calibration["written_to"] = str(target)
+    elif card.lambda_rule and not policy.auto:
+        stored = rule_from_dict(card.lambda_rule)
+        fitted = {stored.kind: stored}
 
     baseline_model = load(config.baseline, map_location=device).to(device).eval() if config.baseline else None
 
@@ -255,17 +292,23 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
         baseline = _mce(table, b_table, clean["top1"], b_clean)
         baseline["model"] = config.baseline
 
-    if table is not None and not policy.auto and card.lambda_rule:
-        with LambdaPolicy(auto=True).applied(model):
-            auto = _corruption_table(model, corruptions, config, images, labels, device, ignore)
-            auto_clean = _accuracy(model, images, labels, device, config)
-        table["auto"] = {"clean": auto_clean, "accuracy": auto["accuracy"], "mean": auto["mean"],
-                         "label": "auto: lambda = a * r(x) + b per input, fitted on corrupted training images"}
+    if table is not None and fitted:
+        table["auto"] = {}
+        stored_kind = rule_from_dict(card.lambda_rule).kind if card.lambda_rule else None
+        for name, rule in fitted.items():
+            with rule.applied(model):
+                auto = _corruption_table(model, corruptions, config, images, labels, device, ignore)
+                auto_clean = _accuracy(model, images, labels, device, config)
+            table["auto"][name] = {"clean": auto_clean, "accuracy": auto["accuracy"], "mean": auto["mean"],
+                                   "stored": name == stored_kind, "formula": rule.describe(),
+                                   "label": f"auto ({name}): {rule.describe()}, fitted on corrupted training images"}
     sweep = None
     if grid and (config.lambda_sweep or corruptions):
         sweep = _sweep(model, grid, corruptions, config, images, labels, device, emit)
         if table is not None:
             table["oracle"] = sweep["oracle"]
+    if table is not None:
+        table["protocol"] = protocol(table, clean["top1"], _fitted_on(fitted, lam_info))
     result = EvalResult(model=config.model, dataset=test.name, images=int(labels.numel()), clean=clean, lam=lam_info,
                         corruptions=table, sweep=sweep, calibration=calibration, baseline=baseline, notes=notes)
     if config.csv:
@@ -290,8 +333,12 @@ def write_csv(result: Dict[str, Any], path: Path) -> Path:
         for i, acc in enumerate(clean["per_class"]):
             w.writerow(["class", clean["class_names"][i], "", result["lam"]["mode"], "", acc])
         table = result.get("corruptions") or {}
-        for mode, acc in [(result["lam"]["mode"], table.get("accuracy", {}))] + [
-                (k, table[k]["accuracy"]) for k in ("oracle", "auto") if k in table]:
+        modes = [(result["lam"]["mode"], table.get("accuracy", {}))]
+        modes += [("oracle", table["oracle"]["accuracy"])] if "oracle" in table else []
+        modes += [(f"auto:{k}", v["accuracy"]) for k, v in table.get("auto", {}).items()]
+        for k, v in table.get("auto", {}).items():
+            w.writerow(["clean", "", "", f"auto:{k}", "", v["clean"]])
+        for mode, acc in modes:
             for name, per in acc.items():
                 for s, a in per.items():
                     lam = table["oracle"]["lam"][name][s] if mode == "oracle" else ""
@@ -302,6 +349,36 @@ def write_csv(result: Dict[str, Any], path: Path) -> Path:
                 for lam, a in zip(sweep["grid"], accs):
                     w.writerow(["sweep", name, s, "fixed", lam, a])
     return path
+
+
+def _fitted_on(fitted: Dict[str, LambdaRule], lam_info: Dict[str, Any]) -> List[str]:
+    """The corruptions the rule(s) in play were fitted on (empty when no rule is in play)."""
+    rules = list(fitted.values())
+    if lam_info.get("rule"):
+        rules.append(rule_from_dict(lam_info["rule"]))
+    return sorted({c for r in rules for c in r.fitted_on})
+
+
+def protocol(table: Dict[str, Any], clean_acc: float, fitted_on: List[str]) -> Dict[str, Any]:
+    """The honest summary: for each lambda mode, clean accuracy, the mean over the corruption
+    families a rule was fitted on, and over those it never saw, kept apart. The oracle is chosen on
+    the test labels and is labelled so."""
+    names = list(table["accuracy"])
+    fitted = [n for n in names if n in fitted_on]
+    unseen = [n for n in names if n not in fitted_on]
+
+    def entry(means: Dict[str, float], clean: Optional[float], label: str) -> Dict[str, Any]:
+        return {"label": label, "clean": clean,
+                "fitted": float(np.mean([means[n] for n in fitted])) if fitted else None,
+                "unseen": float(np.mean([means[n] for n in unseen])) if unseen else None,
+                "per_corruption": {n: means[n] for n in names}}
+
+    modes = {"base": entry(table["mean"], clean_acc, "as evaluated (--lambda)")}
+    if "oracle" in table:
+        modes["oracle"] = entry(table["oracle"]["mean"], None, "oracle: lambda per level chosen on the TEST labels")
+    for name, auto in table.get("auto", {}).items():
+        modes[f"auto:{name}"] = entry(auto["mean"], auto["clean"], auto["label"])
+    return {"fitted_on": fitted_on, "fitted": fitted, "unseen": unseen, "modes": modes}
 
 
 def _corrupted(name: str, severity: int, config: EvalConfig, images, labels):
@@ -350,6 +427,7 @@ def _sweep(model, grid, corruptions, config, images, labels, device, emit) -> Di
     levels = [("clean", 0)] + [(c, s) for c in corruptions for s in config.severities]
     curves: Dict[str, Dict[str, List[float]]] = {}
     r_levels: Dict[str, Dict[str, float]] = {}
+    sigma_levels: Dict[str, Dict[str, float]] = {}
     layer = dict(model.named_modules())[layer_name]
     trained = float(layer.lam)
     for i, (name, severity) in enumerate(levels):
@@ -357,12 +435,15 @@ def _sweep(model, grid, corruptions, config, images, labels, device, emit) -> Di
         accs = accuracy_over_lambdas(model, layer_name, grid, x, y, device, config.batch_size, config.amp)
         curves.setdefault(name, {})[str(severity)] = accs
         xs = x[: min(256, x.shape[0])].to(device)
-        r_levels.setdefault(name, {})[str(severity)] = float(_stem_input_error(model, layer, xs, trained))
+        inputs = _layer_input(model, layer, xs)
+        r_levels.setdefault(name, {})[str(severity)] = float(reconstruction_error(layer, inputs, trained).mean())
+        sigma_levels.setdefault(name, {})[str(severity)] = float(noise_sigma(inputs).mean())
         emit(Step("sweep", i + 1, len(levels), f"{name} s{severity}" if severity else name))
     oracle_acc = {n: {s: max(v) for s, v in per.items()} for n, per in curves.items() if n != "clean"}
     oracle_lam = {n: {s: grid[int(np.argmax(v))] for s, v in per.items()} for n, per in curves.items()}
     means = {n: float(np.mean(list(v.values()))) for n, v in oracle_acc.items()}
     return {"layer": layer_name, "grid": grid, "trained_lam": trained, "accuracy": curves, "r": r_levels,
+            "sigma": sigma_levels,
             "best_lam": oracle_lam,
             "oracle": {"accuracy": oracle_acc, "mean": means, "lam": oracle_lam,
                        "label": "oracle: lambda chosen per level on the test data"}}

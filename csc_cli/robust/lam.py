@@ -2,23 +2,21 @@
 
 SDNet's robustness claim: raising the first CSC layer's lambda at test time recovers stable codes
 from noisy inputs. :func:`lambda_override` sets lambdas for a block of code and restores them;
-:class:`LambdaRule` is the label-free rule ``lambda(x) = a * r(x) + b`` fitted on corrupted training
-images, with ``r(x)`` the first layer's reconstruction error per input value,
-``||x - A z||^2 / numel(x)`` for the code ``z`` at the layer's trained lambda.
+:class:`LambdaPolicy` is what ``--lambda`` / ``--lambda-scale`` mean, for eval and attack alike; the
+label-free per-input rules (``--lambda auto``) are in :mod:`csc_cli.robust.rules`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import torch
 import torch.nn as nn
-from torch import Tensor
 
 from ..layers import CSCConvNd, csc_layers
+from .rules import LambdaRule, reconstruction_error, residual_energy, rule_from_dict  # noqa: F401 (re-export)
 
 
 def csc_layer_names(model: nn.Module) -> List[str]:
@@ -54,88 +52,6 @@ def lambda_override(model: nn.Module, values: Dict[str, float]) -> Iterator[None
     finally:
         for name, value in saved.items():
             layers[name].lam.copy_(value)
-
-
-def residual_energy(layer: CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
-    """``||x - A z||^2 / numel`` per sample, ``z`` the layer's code of ``x`` at ``lam`` (default:
-    its own lambda); differentiable in ``x``."""
-    z, _ = layer.solve(x, lam=lam)
-    residual = x - layer.decode(z, x.shape[2:])
-    return residual.square().flatten(1).mean(1)
-
-
-@torch.no_grad()
-def reconstruction_error(layer: CSCConvNd, x: Tensor, lam: Optional[float] = None) -> Tensor:
-    """:func:`residual_energy` without a graph."""
-    return residual_energy(layer, x, lam)
-
-
-@dataclass
-class LambdaRule:
-    """``lambda(x) = clamp(a * r(x) + b, lo, hi)`` for the CSC layer ``layer``."""
-
-    layer: str
-    a: float
-    b: float
-    reference_lam: float  # the lambda at which r(x) is measured (the layer's trained one)
-    lo: float = 0.0
-    hi: float = 10.0
-    points: Optional[List[Dict[str, float]]] = None  # (r, best lambda) pairs it was fitted on
-
-    def to_dict(self) -> Dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict) -> "LambdaRule":
-        if not isinstance(data, dict):
-            raise ValueError("the stored lambda rule is not an object")
-        try:
-            rule = cls(layer=str(data["layer"]), a=float(data["a"]), b=float(data["b"]),
-                       reference_lam=float(data["reference_lam"]), lo=float(data.get("lo", 0.0)),
-                       hi=float(data.get("hi", 10.0)), points=data.get("points"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"the stored lambda rule is malformed ({exc})") from None
-        if not all(map(torch.isfinite, map(torch.tensor, (rule.a, rule.b, rule.reference_lam)))):
-            raise ValueError("the stored lambda rule has non-finite coefficients")
-        return rule
-
-    @classmethod
-    def fit(cls, layer: str, reference_lam: float, r: List[float], best: List[float], lo: float = 0.0,
-            hi: float = 10.0) -> "LambdaRule":
-        """Least-squares line through the points ``(r_i, best_i)``."""
-        if len(r) < 2:
-            raise ValueError("fitting a lambda rule needs at least two noise levels")
-        rt = torch.tensor(r, dtype=torch.float64)
-        bt = torch.tensor(best, dtype=torch.float64)
-        design = torch.stack([rt, torch.ones_like(rt)], 1)
-        coef = torch.linalg.lstsq(design, bt.unsqueeze(1)).solution.squeeze(1)
-        points = [{"r": float(a), "best_lam": float(b)} for a, b in zip(r, best)]
-        return cls(layer, float(coef[0]), float(coef[1]), reference_lam, lo, hi, points)
-
-    def lam_for(self, layer_module: CSCConvNd, x: Tensor, differentiable: bool = False) -> Tensor:
-        measure = residual_energy if differentiable else reconstruction_error
-        r = measure(layer_module, x, self.reference_lam)
-        return (self.a * r + self.b).clamp(self.lo, self.hi)
-
-    @contextlib.contextmanager
-    def applied(self, model: nn.Module, differentiable: bool = False) -> Iterator[None]:
-        """Inside the block, ``model``'s layer ``self.layer`` picks its lambda per input. By default
-        lambda(x) is a constant for autograd; ``differentiable`` lets gradients flow through r(x)."""
-        module = dict(model.named_modules()).get(self.layer)
-        if not isinstance(module, CSCConvNd):
-            raise ValueError(f"the lambda rule is for {self.layer!r}, which is not a CSC layer of this model")
-
-        def hook(mod, args, kwargs):
-            x = args[0]
-            kwargs = dict(kwargs)
-            kwargs["lam"] = self.lam_for(mod, x, differentiable)
-            return args, kwargs
-
-        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            yield
-        finally:
-            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -193,7 +109,7 @@ class LambdaPolicy:
             if data is None:
                 raise ValueError("--lambda auto needs a calibrated model: run `csc eval MODEL --calibrate-lambda` "
                                  "and use the MODEL.calibrated.safetensors it writes")
-            return {}, LambdaRule.from_dict(data)
+            return {}, rule_from_dict(data)
         first = next(iter(trained))
         values = {(name or first): value for name, value in self.values}
         unknown = [n for n in values if n not in trained]

@@ -9,7 +9,7 @@ import torch
 import csc_cli
 from csc_cli.jobs.evaluate import EvalConfig, _mce, run_eval, scores
 from csc_cli.jobs.train import TrainConfig, run_train
-from csc_cli.robust import LambdaRule, lambda_override
+from csc_cli.robust import RULES, SigmaRule, lambda_override, rule_from_dict
 
 
 @pytest.fixture
@@ -41,13 +41,11 @@ def test_mce_is_hendrycks_definition():
     assert out["relative_mce"] == pytest.approx(((0.2 - 0.1) + (0.4 - 0.1)) / ((0.3 - 0.2) + (0.5 - 0.2)))
 
 
-def test_lambda_override_restores_and_rule_fits_a_line():
+def test_lambda_override_restores():
     model = csc_cli.models.build_model("resnet20_cifar", 10, csc="all")
     with lambda_override(model, {"conv1": 0.7, "layer1.0.conv1": 0.3}):
         assert float(model.conv1.lam) == pytest.approx(0.7)
     assert float(model.conv1.lam) == pytest.approx(0.1) and float(model.layer1[0].conv1.lam) == pytest.approx(0.1)
-    rule = LambdaRule.fit("conv1", 0.1, [0.1, 0.2, 0.3], [0.2, 0.4, 0.6])
-    assert rule.a == pytest.approx(2.0) and rule.b == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="not a CSC layer"):
         with lambda_override(model, {"fc": 0.5}):
             pass
@@ -84,20 +82,54 @@ def test_corruptions_sweep_and_files(digits_model, tmp_path, cli):
 
 def test_calibrated_rule_round_trips_through_the_model_file(digits_model, tmp_path):
     target = tmp_path / "calibrated.safetensors"
-    r = run_eval(EvalConfig(model=digits_model, calibrate_lambda=True, calibration_images=128,
+    r = run_eval(EvalConfig(model=digits_model, calibrate_lambda=True, calibration_images=128, rule="sigma",
                             lambda_sweep=[0.1, 0.3, 0.6], out=str(target), max_images=100))
     cal = r.calibration
-    assert len(cal["levels"]) == 6 and cal["written_to"] == str(target)
+    assert len(cal["levels"]) == 6 and cal["written_to"] == str(target) and cal["rule"] == "sigma"
     assert [lv["severity"] for lv in cal["levels"]] == [0, 1, 2, 3, 4, 5]
-    stored = LambdaRule.from_dict(csc_cli.load(target).csc_card.lambda_rule)
-    assert (stored.a, stored.b, stored.layer) == (pytest.approx(cal["a"]), pytest.approx(cal["b"]), "conv1")
-    auto = run_eval(EvalConfig(model=str(target), lam="auto", corruptions=["gaussian_noise"], severities=[5],
-                               max_images=100))
-    assert auto.lam["mode"] == "auto" and auto.lam["rule"]["a"] == pytest.approx(cal["a"])
-    side = run_eval(EvalConfig(model=str(target), corruptions=["gaussian_noise"], severities=[5], max_images=100,
-                               lambda_sweep=[0.1, 0.3]))
-    assert {"oracle", "auto"} <= set(side.corruptions)  # the three modes side by side
-    assert side.corruptions["auto"]["accuracy"]["gaussian_noise"]["5"] == auto.corruptions["accuracy"]["gaussian_noise"]["5"]
+    assert set(cal["rules"]) == set(RULES) and cal["selection"] is None and cal["images"] == 128
+    # the noise estimate of the stem's input grows with the Gaussian noise of the calibration levels
+    sigmas = [lv["sigma"] for lv in cal["levels"]]
+    assert sigmas == sorted(sigmas) and sigmas[-1] > 3 * sigmas[0]
+    stored = rule_from_dict(csc_cli.load(target).csc_card.lambda_rule)
+    assert isinstance(stored, SigmaRule) and stored.fitted_on == ["gaussian_noise"]
+    assert (stored.a, stored.b, stored.layer) == (pytest.approx(cal["rules"]["sigma"]["a"]),
+                                                  pytest.approx(cal["rules"]["sigma"]["b"]), "conv1")
+    auto = run_eval(EvalConfig(model=str(target), lam="auto", corruptions=["gaussian_noise", "shot_noise"],
+                               severities=[5], max_images=100))
+    assert auto.lam["mode"] == "auto" and auto.lam["rule"]["a"] == pytest.approx(stored.a)
+    assert auto.corruptions["protocol"]["fitted"] == ["gaussian_noise"]
+    assert auto.corruptions["protocol"]["unseen"] == ["shot_noise"]
+    side = run_eval(EvalConfig(model=str(target), corruptions=["gaussian_noise", "shot_noise"], severities=[5],
+                               max_images=100, lambda_sweep=[0.1, 0.3]))
+    assert {"oracle", "auto", "protocol"} <= set(side.corruptions)  # the three modes side by side
+    assert list(side.corruptions["auto"]) == ["sigma"] and side.corruptions["auto"]["sigma"]["stored"]
+    assert (side.corruptions["auto"]["sigma"]["accuracy"]["gaussian_noise"]["5"]
+            == auto.corruptions["accuracy"]["gaussian_noise"]["5"])
+    modes = side.corruptions["protocol"]["modes"]
+    assert set(modes) == {"base", "oracle", "auto:sigma"} and modes["oracle"]["clean"] is None
+    assert "TEST labels" in modes["oracle"]["label"]
+    assert modes["auto:sigma"]["fitted"] == side.corruptions["auto"]["sigma"]["mean"]["gaussian_noise"]
+    assert modes["auto:sigma"]["unseen"] == side.corruptions["auto"]["sigma"]["mean"]["shot_noise"]
+    assert modes["auto:sigma"]["clean"] == pytest.approx(auto.clean["top1"], abs=1e-6)  # the same 100 images
+
+
+def test_rule_best_is_chosen_on_held_out_training_images(digits_model, tmp_path, cli):
+    code, out, err = cli(["eval", digits_model, "--calibrate-lambda", "--calibration-images", "96",
+                          "--lambda-sweep", "0.1,0.4,0.8", "-c", "gaussian_noise,impulse_noise", "--severities", "3",
+                          "--max-images", "60", "--out", str(tmp_path / "c.safetensors"), "--json"])
+    assert code == 0, err
+    r = json.loads(out)
+    cal = r["calibration"]
+    assert cal["images"] == 48 and cal["held_out_images"] == 48
+    assert set(cal["selection"]) == set(RULES) and cal["rule"] == max(cal["selection"], key=cal["selection"].get)
+    assert rule_from_dict(csc_cli.load(tmp_path / "c.safetensors").csc_card.lambda_rule).kind == cal["rule"]
+    table = r["corruptions"]
+    assert set(table["auto"]) == set(RULES) and [k for k, v in table["auto"].items() if v["stored"]] == [cal["rule"]]
+    assert set(table["protocol"]["modes"]) == {"base", "oracle"} | {f"auto:{k}" for k in RULES}
+    assert table["protocol"]["unseen"] == ["impulse_noise"]
+    code, _, err = cli(["eval", digits_model, "--calibrate-lambda", "--rule", "magic"])
+    assert code != 0 and "magic" in err
 
 
 def test_reads_a_cifar10_c_folder(tmp_path):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from csc_cli.models import build_model
-from csc_cli.robust.lam import LambdaPolicy, LambdaRule, layer_lambdas
+from csc_cli.robust.lam import LambdaPolicy, layer_lambdas
+from csc_cli.robust.rules import ResidualRule
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_auto_reads_the_stored_rule_and_refuses_without_one(all_csc):
     assert LambdaPolicy.parse(None).resolve(plain) == ({}, None)  # as trained applies to any model
     with pytest.raises(ValueError, match="--calibrate-lambda"):
         LambdaPolicy.parse("auto").resolve(all_csc)
-    rule = LambdaRule("conv1", a=2.0, b=0.1, reference_lam=0.1)
+    rule = ResidualRule("conv1", a=2.0, b=0.1, reference_lam=0.1)
     all_csc.csc_card.lambda_rule = rule.to_dict()
     try:
         values, got = LambdaPolicy.parse("auto").resolve(all_csc)
