@@ -78,20 +78,22 @@ def eval_(
             ("--corruptions", corruptions, None), ("--severities", severities, "1,2,3,4,5"),
             ("--corruption-dir", corruption_dir, None), ("--baseline", baseline, None), ("--lambda", lam, None),
             ("--lambda-scale", lambda_scale, None), ("--lambda-layers", lambda_layers, "first"),
-            ("--lambda-sweep", lambda_sweep, None), ("--calibrate-lambda", calibrate_lambda, False),
-            ("--calibration-images", calibration_images, 512), ("--rule", rule, "best"),
-            ("--calibration-corruptions", calibration_corruptions, "gaussian_noise"), ("--out", out, None),
-            ("--in-place", in_place, False), ("--plots", plots, None), ("--amp", amp, "none"))
+            ("--lambda-sweep", lambda_sweep, None),
+            ("--calibration-corruptions", calibration_corruptions, "gaussian_noise"),
+            ("--plots", plots, None), ("--amp", amp, "none"))
             if value not in (default, [])]
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: classifier options; {model} is an autoencoder (its "
-                                     "options: --noise, --lambda-grid, --fid-weights, --n, --data, --csv)")
+                                     "options: --noise, --lambda-grid, --fid-weights, --n, --data, --csv, "
+                                     "--calibrate-lambda, --rule, --calibration-images, --out, --in-place)")
         if dataset and data and dataset != data:
             raise typer.BadParameter(f"DATASET {dataset} and --data {data} disagree: give one")
         if n is not None and max_images is not None and n != max_images:
             raise typer.BadParameter("--n and --max-images disagree: give one")
         _ae_eval(model, data or dataset, data_dir, n if n is not None else max_images, noise, lambda_grid,
-                 fid_weights, batch_size, device, csv, seed, as_json)
+                 fid_weights, batch_size, device, csv, seed, as_json,
+                 dict(calibrate_lambda=calibrate_lambda, rule=rule, calibration_images=calibration_images, out=out,
+                      in_place=in_place))
         return
     given = [flag for flag, value in (("--noise", noise), ("--lambda-grid", lambda_grid), ("--fid-weights", fid_weights),
                                       ("--n", n), ("--data", data)) if value is not None]
@@ -118,13 +120,13 @@ def eval_(
 
 def _ae_eval(model: Path, data: Optional[str], data_dir: Optional[str], n: Optional[int], noise: Optional[float],
              lambda_grid: Optional[str], fid_weights: Optional[Path], batch_size: int, device: str,
-             csv: Optional[Path], seed: int, as_json: bool) -> None:
+             csv: Optional[Path], seed: int, as_json: bool, calibration: dict) -> None:
     from ..jobs.ae_eval import AEEvalConfig, run_ae_eval
     from .render_ae import ae_evaluate
 
     config = AEEvalConfig(model=str(model), data=data, data_dir=data_dir, n=n, batch_size=batch_size, device=device,
                           fid_weights=str(fid_weights) if fid_weights else None, csv=str(csv) if csv else None,
-                          seed=seed)
+                          seed=seed, **calibration)
     if noise is not None:
         config.noise = noise
     if lambda_grid is not None:

@@ -41,8 +41,22 @@ def ae_evaluate(result: dict) -> None:
         for row in den["rows"]:
             mark = " *" if row["lambda"] == den["best_lambda"] else ""
             d.add_row(f"{row['lambda']:g}{mark}", f"{row['psnr']:.2f}", f"{row['ssim']:.4f}")
+        for name, row in den.get("auto", {}).items():
+            d.add_row(f"auto: {name}" + (" (stored)" if row["stored"] else ""), f"{row['psnr']:.2f}",
+                      f"{row['ssim']:.4f}")
         console.print(d)
-        console.print("* best lambda of the grid (chosen on the test data)")
+        console.print("* best lambda of the grid (the oracle: chosen on these test images, not deployable)")
+        for name, row in den.get("auto", {}).items():
+            console.print(f"auto {name}: {row['formula']}; on the clean test images PSNR {row['clean_psnr']:.2f} dB "
+                          f"(trained lambdas: {rec['psnr']:.2f} dB)")
+    cal = result.get("calibration")
+    if cal:
+        held = f", rule chosen on {cal['held_out_images']} held-out ones" if cal.get("held_out_images") else ""
+        console.print(f"calibrated on {cal['images']} noisy training images (sigma {', '.join(map(str, cal['noises']))})"
+                      f"{held}; stored rule {cal['rule']} (written to {cal['written_to']})")
+        if cal.get("selection"):
+            console.print("held-out mean PSNR per rule: " + ", ".join(
+                f"{n} {v:.2f} dB" for n, v in cal["selection"].items()))
     f = result.get("fid")
     if f:
         console.print(f"FID of the reconstructions vs the originals: {f['fid']:.3f} ({f['images']} images)")

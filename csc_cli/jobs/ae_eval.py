@@ -12,6 +12,12 @@ dataset (or ``data``, another dataset with the same channels: transfer), a seede
 * a lambda sweep on every *encoder* CSC layer at once: the PSNR of ``g(f(x + noise))`` against the
   clean ``x`` (noise ``N(0, noise^2)``, seeded, clamped to [0, 1]) for each lambda of the grid and at
   the trained lambdas (the decoder keeps its own); skipped for a model without encoder CSC layers;
+* lambda chosen per input (``auto``): with ``calibrate_lambda``, the label-free rules of
+  :mod:`csc_cli.robust.rules` fitted on noisy *training* images (for each noise level the grid lambda
+  with the best PSNR against the clean image; the statistics of the first encoder CSC layer's input),
+  one stored (``rule``; ``best``: the highest mean PSNR on a held-out half) in a new model file; a
+  stored rule is always reported next to the trained lambdas and the oracle (the grid's best on the
+  test images, labelled so), on the noisy and on the clean test images;
 * with ``fid_weights``: FID of the reconstructions against the originals (Inception-v3 pool features,
   :func:`csc_cli.metrics.inception_net`) on the same images.
 """
@@ -21,18 +27,19 @@ from __future__ import annotations
 import csv as csvlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checkpoint import load, read_card
+from ..checkpoint import load, read_card, save
 from ..core.rate import rate_reduction
 from ..data.source import open_split
 from ..layers import csc_layers
 from ..metrics import fid, fid_features, fit_subspaces, inception_net, nearest_subspace, psnr, ssim
 from ..robust.lam import lambda_override
+from ..robust.rules import RULES, LambdaRule, fit_rules, layer_inputs, measure_level, rule_from_dict
 from .common import resolve_device
 from .ctrl_train import features_of
 from .events import ProgressFn, Step, ignore
@@ -40,6 +47,7 @@ from .events import ProgressFn, Step, ignore
 __all__ = ["AEEvalConfig", "AEEvalResult", "run_ae_eval", "write_sweep_csv", "DEFAULT_LAMBDA_GRID"]
 
 DEFAULT_LAMBDA_GRID = (0.05, 0.1, 0.2, 0.4)
+CALIBRATION_NOISES = (0.05, 0.1, 0.2, 0.3)  # Gaussian sigmas (in [0, 1] image units) of the calibration levels
 STREAMED_SAMPLE = 5000  # images held in memory from a dataset read from image files (test and train)
 
 
@@ -58,6 +66,12 @@ class AEEvalConfig:
     batch_size: int = 256
     device: str = "auto"
     csv: Optional[str] = None  # the lambda sweep's rows
+    calibrate_lambda: bool = False
+    rule: str = "best"  # the rule --calibrate-lambda stores: best (held-out PSNR) or a name of RULES
+    calibration_images: int = 512
+    calibration_noises: List[float] = field(default_factory=lambda: list(CALIBRATION_NOISES))
+    out: Optional[str] = None  # the calibrated model file (default: <model>.calibrated.safetensors)
+    in_place: bool = False
     seed: int = 0
 
 
@@ -71,6 +85,7 @@ class AEEvalResult:
     rate: Dict[str, float]
     nearest_subspace: Optional[Dict[str, Any]] = None
     denoising: Optional[Dict[str, Any]] = None
+    calibration: Optional[Dict[str, Any]] = None
     fid: Optional[Dict[str, Any]] = None
     notes: List[str] = field(default_factory=list)
     files: List[str] = field(default_factory=list)
@@ -97,6 +112,15 @@ def _fit(images: Tensor, channels: int, size: int, name: str) -> Tensor:
         images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
                                antialias=min(images.shape[-2:]) > size).clamp(0, 1)
     return images
+
+
+def _calibrated_path(config: AEEvalConfig) -> Path:
+    """--out, else the model itself only with --in-place, else a new file beside it."""
+    if config.out and config.in_place:
+        raise ValueError("give either --out or --in-place, not both")
+    model = Path(config.model)
+    return Path(config.out) if config.out else model if config.in_place else model.with_name(
+        f"{model.stem}.calibrated.safetensors")
 
 
 def _check(config: AEEvalConfig) -> None:
@@ -129,15 +153,24 @@ def _subspace_accuracy(model, card, config: AEEvalConfig, z: Tensor, labels: Ten
     return out
 
 
-def _denoising(model, config: AEEvalConfig, images: Tensor, device, emit: ProgressFn) -> Dict[str, Any]:
-    names = [n for n in csc_layers(model) if n.startswith("encoder.")]
+def _noisy(images: Tensor, sigma: float, seed: int) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (images + sigma * torch.randn(images.shape, generator=gen)).clamp(0, 1)
+
+
+def _encoder_layers(model) -> List[str]:
+    return [n for n in csc_layers(model) if n.startswith("encoder.")]
+
+
+def _denoising(model, config: AEEvalConfig, images: Tensor, device, emit: ProgressFn,
+               rules: Optional[Dict[str, LambdaRule]] = None, stored: Optional[str] = None) -> Dict[str, Any]:
+    names = _encoder_layers(model)
     layers = csc_layers(model)
     trained = {n: float(layers[n].lam) for n in names}
-    gen = torch.Generator().manual_seed(config.seed + 7)
-    noisy = (images + config.noise * torch.randn(images.shape, generator=gen)).clamp(0, 1)
+    noisy = _noisy(images, config.noise, config.seed + 7)
 
-    def score() -> Dict[str, float]:
-        _, recon = features_of(model, noisy, config.batch_size, device)
+    def score(x: Tensor = noisy) -> Dict[str, float]:
+        _, recon = features_of(model, x, config.batch_size, device)
         return {"psnr": psnr(recon, images), "ssim": ssim(recon, images)}
 
     at_trained = score()
@@ -150,9 +183,70 @@ def _denoising(model, config: AEEvalConfig, images: Tensor, device, emit: Progre
     if restored != trained:  # lambda_override restores; a failure here is a bug, not a user error
         raise RuntimeError(f"the sweep did not restore the trained lambdas: {restored} != {trained}")
     best = max(rows, key=lambda r: r["psnr"])
+    auto = {}
+    for name, rule in (rules or {}).items():
+        with rule.applied(model):
+            noisy_score, clean_score = score(), score(images)
+        auto[name] = {**noisy_score, "clean_psnr": clean_score["psnr"], "clean_ssim": clean_score["ssim"],
+                      "stored": name == stored, "formula": rule.describe(), "fitted_on": rule.fitted_on}
     return {"noise": config.noise, "layers": names, "trained_lambdas": trained, "trained": at_trained,
             "rows": rows, "best_lambda": best["lambda"], "best_psnr": best["psnr"],
-            "noisy_input_psnr": psnr(noisy, images)}
+            "oracle_label": "oracle: the grid's best lambda on these test images (not deployable)",
+            "noisy_input_psnr": psnr(noisy, images), "auto": auto}
+
+
+def calibrate_ae_lambda(model, card, config: AEEvalConfig, device, emit: ProgressFn
+                        ) -> Tuple[LambdaRule, Dict[str, LambdaRule], Dict[str, Any]]:
+    """Fit the label-free rules for the encoder's CSC layers (one lambda(x) for all of them) on
+    noisy training images; returns the stored rule, every fitted rule and a report."""
+    names = _encoder_layers(model)
+    if not names:
+        raise ValueError("--calibrate-lambda needs CSC layers in the encoder: this autoencoder is CTRL (--csc none)")
+    if config.rule != "best" and config.rule not in RULES:
+        raise ValueError(f"--rule must be best or one of {', '.join(RULES)}, got {config.rule!r}")
+    layer = csc_layers(model)[names[0]]
+    reference = float(layer.lam)
+    train = open_split(card.data.dataset, "train", config.data_dir, image_size=model.image_size,
+                       resize=card.data.resize)
+    idx = train.sample(config.calibration_images, config.seed + 1)
+    x, _ = train.take(idx if idx is not None else torch.arange(len(train)))
+    x = _fit(x, model.in_chans, model.image_size, train.name)
+    select = config.rule == "best"
+    if select and x.shape[0] < 4:
+        raise ValueError("--rule best holds out half of the calibration images: give --calibration-images >= 4")
+    half = x.shape[0] // 2 if select else x.shape[0]
+    grid = list(config.lambda_grid)
+    levels = [("clean", 0, 0.0)] + [("gaussian_noise", i + 1, float(s)) for i, s in enumerate(config.calibration_noises)]
+    measured, rows, held_out = [], [], []
+    for i, (name, severity, sigma) in enumerate(levels):
+        xn = _noisy(x, sigma, config.seed + 11 + i) if sigma else x
+        scores = []
+        for lam in grid:
+            with lambda_override(model, {n: lam for n in names}):
+                scores.append(psnr(features_of(model, xn[:half], config.batch_size, device)[1], x[:half]))
+        pick = grid[max(range(len(grid)), key=lambda j: scores[j])]
+        level = measure_level(layer, layer_inputs(model, layer, xn[:half], device, config.batch_size),
+                              name, severity, pick, reference)
+        measured.append(level)
+        held_out.append((xn[half:], x[half:]))
+        rows.append({**level.__dict__, "noise": sigma, "psnr": scores})
+        emit(Step("calibrate", i + 1, len(levels), f"noise {sigma:g}"))
+    rules = fit_rules(names[0], reference, measured, lo=min(grid), hi=max(grid), shared_with=names[1:])
+    selection = None
+    if select:
+        selection = {}
+        for name, rule in rules.items():
+            with rule.applied(model):
+                selection[name] = float(sum(psnr(features_of(model, xn, config.batch_size, device)[1], xc)
+                                            for xn, xc in held_out) / len(held_out))
+        chosen = max(rules, key=lambda n: selection[n])
+    else:
+        chosen = config.rule
+    report = {"layers": names, "reference_lam": reference, "grid": grid, "levels": rows, "images": int(half),
+              "held_out_images": int(x.shape[0] - half) if select else 0, "noises": list(config.calibration_noises),
+              "rule": chosen, "rules": {n: {**r.to_dict(), "formula": r.describe()} for n, r in rules.items()},
+              "selection": selection, "score": "PSNR of g(f(x + noise)) against x (dB)"}
+    return rules[chosen], rules, report
 
 
 def _fid(net, images: Tensor, recon: Tensor, device, batch_size: int) -> Dict[str, Any]:
@@ -176,6 +270,7 @@ def run_ae_eval(config: AEEvalConfig, progress: Optional[ProgressFn] = None) -> 
     if not dataset:
         raise ValueError("the model file does not say which dataset it was trained on: give --data")
     transfer = own is None or dataset != own
+    target = _calibrated_path(config) if config.calibrate_lambda else None  # refuses --out with --in-place early
     device = resolve_device(config.device)
     fid_net = inception_net(config.fid_weights, device) if config.fid_weights else None  # a bad file fails first
     model = load(config.model, map_location=device).to(device).eval()
@@ -201,9 +296,20 @@ def run_ae_eval(config: AEEvalConfig, progress: Optional[ProgressFn] = None) -> 
     if not transfer:
         subspace = _subspace_accuracy(model, card, config, z, labels, test.num_classes, device, notes, emit)
 
+    calibration, rules, stored = None, {}, None
+    if config.calibrate_lambda:
+        rule, rules, calibration = calibrate_ae_lambda(model, card, config, device, emit)
+        model.csc_card.lambda_rule = rule.to_dict()
+        save(model, target)
+        calibration["written_to"] = str(target)
+        stored = rule.kind
+    elif card.lambda_rule:
+        rule = rule_from_dict(card.lambda_rule)
+        rules, stored = {rule.kind: rule}, rule.kind
+
     denoising = None
-    if any(n.startswith("encoder.") for n in csc_layers(model)):
-        denoising = _denoising(model, config, images, device, emit)
+    if _encoder_layers(model):
+        denoising = _denoising(model, config, images, device, emit, rules, stored)
     else:
         notes.append("lambda sweep skipped: the encoder has no CSC layers (CTRL)")
 
@@ -217,7 +323,7 @@ def run_ae_eval(config: AEEvalConfig, progress: Optional[ProgressFn] = None) -> 
 
     result = AEEvalResult(model=config.model, dataset=test.name, transfer=transfer, images=int(images.shape[0]),
                           reconstruction=reconstruction, rate=rate, nearest_subspace=subspace, denoising=denoising,
-                          fid=fid_result, notes=notes)
+                          calibration=calibration, fid=fid_result, notes=notes)
     if config.csv:
         if denoising is None:
             notes.append("--csv: no lambda sweep to write")
@@ -228,7 +334,8 @@ def run_ae_eval(config: AEEvalConfig, progress: Optional[ProgressFn] = None) -> 
 
 def write_sweep_csv(result: Dict[str, Any], path: Path) -> Path:
     """The lambda sweep of an ``AEEvalResult.to_dict()`` as rows ``noise, lambda, psnr, ssim``:
-    the noisy input itself (lambda ``input``), the trained lambdas (``trained``), then the grid."""
+    the noisy input itself (lambda ``input``), the trained lambdas (``trained``), the grid, then
+    each per-input rule (``auto:NAME``)."""
     den = result["denoising"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -238,4 +345,6 @@ def write_sweep_csv(result: Dict[str, Any], path: Path) -> Path:
         w.writerow([den["noise"], "trained", den["trained"]["psnr"], den["trained"]["ssim"]])
         for row in den["rows"]:
             w.writerow([den["noise"], row["lambda"], row["psnr"], row["ssim"]])
+        for name, row in den.get("auto", {}).items():
+            w.writerow([den["noise"], f"auto:{name}", row["psnr"], row["ssim"]])
     return path

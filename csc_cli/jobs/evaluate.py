@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv as csvlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,8 +26,8 @@ from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_f
 from ..data.source import open_for_model
 from ..surgery import card_of
 from ..robust.lam import LambdaPolicy, first_csc_layer
-from ..robust.rules import (RULES, LambdaRule, fit_rules, measure_level, noise_sigma, reconstruction_error,
-                            rule_from_dict)
+from ..robust.rules import (RULES, LambdaRule, fit_rules, layer_input, layer_inputs, measure_level, noise_sigma,
+                            reconstruction_error, rule_from_dict)
 from .common import accuracy, accuracy_over_lambdas, evaluation_data, predict, resolve_device
 from .events import ProgressFn, Step, ignore
 STREAMED_SAMPLE = 1000  # images held in memory for corruptions / sweeps of an image-file dataset
@@ -170,7 +170,7 @@ def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
         accs = accuracy_over_lambdas(model, layer_name, grid, xc[:half], y[:half], device, config.batch_size,
                                      config.amp)
         pick = grid[int(np.argmax(accs))]
-        level = measure_level(layer, _layer_inputs(model, layer, xc[:half], device, config.batch_size),
+        level = measure_level(layer, layer_inputs(model, layer, xc[:half], device, config.batch_size),
                               name, severity, pick, reference)
         measured.append(level)
         held_out.append((xc[half:], y[half:]))
@@ -194,34 +194,6 @@ def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
               "rules": {n: {**r.to_dict(), "formula": r.describe()} for n, r in rules.items()},
               "selection": selection}
     return rules[chosen], {**report, "fitted": rules}
-
-
-def _layer_inputs(model: nn.Module, layer, x: torch.Tensor, device, batch_size: int) -> Iterator[torch.Tensor]:
-    """What ``layer`` receives when ``model`` sees ``x``, batch by batch (the forward stops there)."""
-    for start in range(0, x.shape[0], batch_size):
-        yield _layer_input(model, layer, x[start : start + batch_size].to(device))
-
-
-@torch.no_grad()
-def _layer_input(model: nn.Module, layer, x: torch.Tensor) -> torch.Tensor:
-    captured = {}
-
-    def hook(mod, args):
-        captured["x"] = args[0]
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured["x"]
-
-
-class _Stop(Exception):
-    pass
 
 
 # ----------------------------------------------------------------------------- the job
@@ -435,7 +407,7 @@ def _sweep(model, grid, corruptions, config, images, labels, device, emit) -> Di
         accs = accuracy_over_lambdas(model, layer_name, grid, x, y, device, config.batch_size, config.amp)
         curves.setdefault(name, {})[str(severity)] = accs
         xs = x[: min(256, x.shape[0])].to(device)
-        inputs = _layer_input(model, layer, xs)
+        inputs = layer_input(model, layer, xs)
         r_levels.setdefault(name, {})[str(severity)] = float(reconstruction_error(layer, inputs, trained).mean())
         sigma_levels.setdefault(name, {})[str(severity)] = float(noise_sigma(inputs).mean())
         emit(Step("sweep", i + 1, len(levels), f"{name} s{severity}" if severity else name))

@@ -76,6 +76,37 @@ def reconstruction_error(layer: CSCConvNd, x: Tensor, lam=None) -> Tensor:
     return residual_energy(layer, x, lam)
 
 
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    """What ``layer`` receives when ``model`` sees ``x`` (the forward stops there)."""
+    captured = {}
+
+    def hook(mod, args):
+        captured["x"] = args[0]
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "x" not in captured:
+        raise RuntimeError("the model's forward never reached the lambda rule's layer")
+    return captured["x"]
+
+
+def layer_inputs(model: nn.Module, layer: nn.Module, x: Tensor, device, batch_size: int) -> Iterator[Tensor]:
+    """:func:`layer_input` batch by batch."""
+    for start in range(0, x.shape[0], batch_size):
+        yield layer_input(model, layer, x[start : start + batch_size].to(device))
+
+
 # ----------------------------------------------------------------------------- rules
 @dataclass
 class LambdaRule:
@@ -92,6 +123,7 @@ class LambdaRule:
     hi: float = 10.0
     fitted_on: List[str] = field(default_factory=list)
     points: Optional[List[Dict[str, float]]] = None
+    shared_with: List[str] = field(default_factory=list)  # CSC layers that take the same lambda(x) (an encoder)
 
     # -- what a rule computes
     def lam_for(self, layer: CSCConvNd, x: Tensor, differentiable: bool = False) -> Tensor:
@@ -108,21 +140,31 @@ class LambdaRule:
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module, differentiable: bool = False) -> Iterator[None]:
-        """Inside the block ``model``'s layer ``self.layer`` picks its lambda per input."""
-        module = dict(model.named_modules()).get(self.layer)
-        if not isinstance(module, CSCConvNd):
-            raise ValueError(f"the lambda rule is for {self.layer!r}, which is not a CSC layer of this model")
+        """Inside the block ``model``'s layer ``self.layer`` picks its lambda per input from its own
+        input; the layers of ``shared_with`` (run after it, on the same batch) take the same one."""
+        modules = dict(model.named_modules())
+        for name in [self.layer] + list(self.shared_with):
+            if not isinstance(modules.get(name), CSCConvNd):
+                raise ValueError(f"the lambda rule is for {name!r}, which is not a CSC layer of this model")
+        chosen: Dict[str, Tensor] = {}
 
-        def hook(mod, args, kwargs):
-            kwargs = dict(kwargs)
-            kwargs["lam"] = self.lam_for(mod, args[0], differentiable)
-            return args, kwargs
+        def first(mod, args, kwargs):
+            chosen["lam"] = self.lam_for(mod, args[0], differentiable)
+            return args, {**kwargs, "lam": chosen["lam"]}
 
-        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        def follow(mod, args, kwargs):
+            lam = chosen.get("lam")
+            if lam is None or lam.shape[0] != args[0].shape[0]:
+                raise RuntimeError(f"the lambda rule's layers ran out of order: {self.layer} must see the batch first")
+            return args, {**kwargs, "lam": lam}
+
+        handles = [modules[self.layer].register_forward_pre_hook(first, with_kwargs=True)]
+        handles += [modules[n].register_forward_pre_hook(follow, with_kwargs=True) for n in self.shared_with]
         try:
             yield
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     # -- storage
     def to_dict(self) -> Dict[str, Any]:
@@ -246,6 +288,7 @@ def rule_from_dict(data: Any) -> LambdaRule:
         if isinstance(rule, TableRule):
             rule.knots, rule.lams = [float(v) for v in rule.knots], [float(v) for v in rule.lams]
         rule.fitted_on = [str(v) for v in rule.fitted_on]
+        rule.shared_with = [str(v) for v in rule.shared_with]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the stored lambda rule is malformed ({exc})") from None
     rule._check()
@@ -318,8 +361,9 @@ def measure_level(layer: CSCConvNd, inputs: Iterable[Tensor], corruption: str, s
 
 
 def fit_rules(layer: str, reference_lam: float, levels: Sequence[Level], lo: float, hi: float,
-              rules: Sequence[str] = RULES) -> Dict[str, LambdaRule]:
-    """Every rule in ``rules`` fitted on the calibration ``levels`` (at least two)."""
+              rules: Sequence[str] = RULES, shared_with: Sequence[str] = ()) -> Dict[str, LambdaRule]:
+    """Every rule in ``rules`` fitted on the calibration ``levels`` (at least two); ``shared_with``:
+    the layers that take the same per-input lambda."""
     if len(levels) < 2:
         raise ValueError("fitting a lambda rule needs at least two calibration levels")
     unknown = [r for r in rules if r not in RULE_TYPES]
@@ -327,7 +371,7 @@ def fit_rules(layer: str, reference_lam: float, levels: Sequence[Level], lo: flo
         raise ValueError(f"unknown lambda rule {unknown[0]!r}: choose from {', '.join(RULES)}")
     fitted_on = sorted({lv.corruption for lv in levels if lv.severity > 0})
     common = dict(layer=layer, reference_lam=float(reference_lam), lo=float(lo), hi=float(hi), fitted_on=fitted_on,
-                  points=[asdict(lv) for lv in levels])
+                  points=[asdict(lv) for lv in levels], shared_with=list(shared_with))
     best = [lv.best_lam for lv in levels]
     out: Dict[str, LambdaRule] = {}
     for name in rules:

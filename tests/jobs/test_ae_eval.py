@@ -291,6 +291,48 @@ def test_lambda_sweep_restores_the_trained_lambdas_and_changes_the_codes(tiny_ae
     assert torch.equal(z0, z1)
 
 
+def test_lambda_rule_for_the_encoder_is_calibrated_stored_and_applied_per_input(tiny_ae, tmp_path, cli):
+    from csc_cli.checkpoint import load
+    from csc_cli.jobs.ae_eval import AEEvalConfig, run_ae_eval
+    from csc_cli.layers import csc_layers
+    from csc_cli.robust.rules import RULES, SigmaRule, rule_from_dict
+
+    target = tmp_path / "cal.safetensors"
+    out = run_ae_eval(AEEvalConfig(model=tiny_ae, n=32, lambda_grid=[0.05, 0.2, 0.6], calibrate_lambda=True,
+                                   rule="sigma", calibration_images=48, out=str(target))).to_dict()
+    cal = out["calibration"]
+    assert cal["rule"] == "sigma" and cal["written_to"] == str(target) and set(cal["rules"]) == set(RULES)
+    assert [lv["noise"] for lv in cal["levels"]] == [0.0, 0.05, 0.1, 0.2, 0.3]
+    sigmas = [lv["sigma"] for lv in cal["levels"]]  # the estimate grows with the added noise
+    assert sigmas == sorted(sigmas) and sigmas[-1] > 3 * sigmas[1]
+    encoder = ["encoder.conv1", "encoder.conv2", "encoder.conv3", "encoder.conv4"]
+    model = load(target)
+    stored = rule_from_dict(model.csc_card.lambda_rule)
+    assert isinstance(stored, SigmaRule) and stored.layer == encoder[0] and stored.shared_with == encoder[1:]
+    auto = out["denoising"]["auto"]
+    assert set(auto) == set(RULES) and [n for n, v in auto.items() if v["stored"]] == ["sigma"]  # all side by side
+    assert all(math.isfinite(auto["sigma"][k]) for k in ("psnr", "ssim", "clean_psnr", "clean_ssim"))
+    # applied: every encoder layer gets the same per-sample lambda, computed from the first one's input
+    layers = csc_layers(model)
+    seen = {}
+    x = torch.rand(6, 1, 32, 32)
+    x[3:] = (x[3:] + 0.3 * torch.randn(3, 1, 32, 32)).clamp(0, 1)
+    with torch.no_grad(), stored.applied(model):  # spies registered after the rule's hooks see what they pass
+        handles = [layers[n].register_forward_pre_hook(lambda m, a, k, n=n: seen.__setitem__(n, k["lam"]),
+                                                       with_kwargs=True) for n in encoder]
+        model.encode(x)
+    for h in handles:
+        h.remove()
+    assert set(seen) == set(encoder) and seen[encoder[0]].shape == (6,)
+    assert all(torch.equal(seen[n], seen[encoder[0]]) for n in encoder)
+    # the file then reports its stored rule next to the trained lambdas and the oracle
+    again = run_ae_eval(AEEvalConfig(model=str(target), n=32, lambda_grid=[0.05, 0.2, 0.6])).to_dict()
+    assert list(again["denoising"]["auto"]) == ["sigma"]
+    assert again["denoising"]["auto"]["sigma"]["psnr"] == pytest.approx(auto["sigma"]["psnr"], abs=1e-9)
+    code, _, err = cli(["eval", tiny_ae, "--calibrate-lambda", "--out", str(target), "--in-place"])
+    assert code == 1 and "either --out or --in-place" in err
+
+
 def test_transfer_refuses_a_channel_mismatch(tiny_ae):
     from csc_cli.jobs.ae_eval import AEEvalConfig, run_ae_eval
 
@@ -336,7 +378,7 @@ def test_cli_eval_json_on_an_autoencoder(cli, tiny_ae, tmp_path):
 
 
 @pytest.mark.parametrize("args,flag", [(["-c", "gaussian_noise"], "--corruptions"),
-                                       (["--calibrate-lambda"], "--calibrate-lambda"),
+                                       (["--lambda-sweep", "0.1,0.2"], "--lambda-sweep"),
                                        (["--lambda", "0.3"], "--lambda")])
 def test_cli_refuses_classifier_options_on_an_autoencoder(cli, tiny_ae, args, flag):
     code, out, err = cli(["eval", tiny_ae, *args])
