@@ -55,9 +55,13 @@ def _gather(z: Tensor, dist) -> Tensor:
     """All ranks' rows of ``z``, with gradients flowing back to each rank's own rows."""
     if dist is None or not dist.active:
         return z
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(z), dim=0)
+    with warnings.catch_warnings():  # deprecated for a private replacement; it is the autograd-aware gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(z), dim=0)
 
 
 def _gather_labels(y: Tensor, dist) -> Tensor:

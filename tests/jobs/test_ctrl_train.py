@@ -145,3 +145,77 @@ def test_bad_autoencoder_runs_are_refused_in_one_line(cli, tmp_path, args, messa
                           "--out", str(tmp_path / "r")])
     assert code != 0 and message in (out + err) and "Traceback" not in (out + err)
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- two processes
+def _rank_gradients(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One rank of the two-process check: the game's objective on the gathered features of its half
+    of the batch, backward, gradients summed over ranks as the trainer does (float64, eval-mode
+    BatchNorm so that both runs see the same normalisation)."""
+    import torch.distributed as tdist
+
+    from csc_cli.jobs.ctrl_train import _gather, _gather_labels, _sum_gradients
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+
+    class Ctx:
+        active, world_size = True, world
+
+    model, x, y = _two_process_case()
+    half = x.shape[0] // world
+    xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+    z = model.encode(xs)
+    zh = model.encode(model.decode(z))
+    loss, _ = ctrl_objective(_gather(z, Ctx), _gather(zh, Ctx), _gather_labels(ys, Ctx), 4, mode="multi")
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    _sum_gradients(params, Ctx)
+    torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+               f"{out_dir}/rank{rank}.pt")
+    tdist.destroy_process_group()
+
+
+def _two_process_case():
+    torch.manual_seed(0)
+    model = build_autoencoder("ctrl_dcgan32", in_chans=1, feature_dim=8, csc="all").double()
+    set_input_normalization(model, [0.5], [0.5])
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(32, 1, 32, 32, generator=gen, dtype=torch.float64)
+    y = torch.arange(32) % 4
+    for m in model.modules():  # BatchNorm's running statistics become exactly those of one pass over x
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+            m.reset_running_stats()
+    with torch.no_grad():  # one training-mode pass: the CSC layers' step sizes and BatchNorm's statistics
+        model.train().reconstruct(x)
+    return model.eval(), x, y
+
+
+@pytest.mark.slow
+def test_two_processes_sum_to_the_global_batch_gradient(tmp_path):
+    """Under torchrun the rates are computed on the global batch: two ranks with 16 images each,
+    features gathered with gradients and gradients summed, give the gradient of the one-process
+    objective on all 32 images, to float64 rounding."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_gradients, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    model, x, y = _two_process_case()
+    z = model.encode(x)
+    zh = model.encode(model.decode(z))
+    loss, _ = ctrl_objective(z, zh, y, 4, mode="multi")
+    loss.backward()
+    reference = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert set(grads) == set(reference) and sum(bool(g.any()) for g in reference.values()) > 10
+        for name, g in reference.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-9, atol=1e-12 * float(g.abs().max()) + 1e-15,
+                                       msg=name)
+    # the half-batch objective alone has another gradient: the check can fail
+    model.zero_grad()
+    z = model.encode(x[:16])
+    loss, _ = ctrl_objective(z, model.encode(model.decode(z)), y[:16], 4, mode="multi")
+    loss.backward()
+    name = max(reference, key=lambda n: float(reference[n].abs().max()))
+    assert not torch.allclose(dict(model.named_parameters())[name].grad, reference[name], rtol=1e-3)
