@@ -179,14 +179,14 @@ class _Runner:
         return _predict(self.defended, adv, self.config.batch_size) == self.y[: adv.shape[0]]
 
 
-def _modes_for(config: AttackConfig, has_csc: bool, has_rule: bool) -> List[str]:
+def _modes_for(config: AttackConfig, has_csc: bool, rule) -> List[str]:
     if config.modes:
         return list(config.modes)
     if not has_csc:
         return ["unrolled"]
     modes = ["unrolled", "implicit", "smooth", "more-steps"]
-    if has_rule:
-        modes = list(RULE_MODES) + modes[1:]
+    if rule is not None:  # through-rule only where lambda(x) has a gradient (not a bisection's)
+        modes = [m for m in RULE_MODES if m == "bpda" or rule.has_gradient] + modes[1:]
     return modes
 
 
@@ -228,7 +228,7 @@ def run_attack(config: AttackConfig, progress: Optional[ProgressFn] = None) -> A
     policy = LambdaPolicy.parse(config.lam, config.lambda_scale, config.lambda_layers)
     lam_values, rule = policy.resolve(model)
     defended = DefendedModel(model, lam_values, rule)
-    modes = _modes_for(config, has_csc, rule is not None)
+    modes = _modes_for(config, has_csc, rule)
     runner = _Runner(config, defended, x, y, test.num_classes)
     cost = estimate_cost(config, defended, modes, x, y, test.num_classes)
     emit(cost)

@@ -117,6 +117,7 @@ class LambdaRule:
     corruptions are unseen."""
 
     kind: ClassVar[str] = ""
+    has_gradient: ClassVar[bool] = True  # whether lambda(x) can be differentiated (an attacker's "through-rule")
     layer: str
     reference_lam: float  # the layer's trained lambda
     lo: float = 0.0
@@ -239,6 +240,7 @@ class DiscrepancyRule(LambdaRule):
     constant for autograd even when ``differentiable`` (a bisection has no useful gradient)."""
 
     kind: ClassVar[str] = "discrepancy"
+    has_gradient: ClassVar[bool] = False
     q: float = 0.0
     tau: float = 1.0
     iterations: int = 8

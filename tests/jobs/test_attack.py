@@ -201,10 +201,20 @@ def test_lambda_auto_is_attacked_end_to_end(sdnet, tmp_path):
 
     calibrated = tmp_path / "cal.safetensors"
     run_eval(EvalConfig(model=sdnet, calibrate_lambda=True, calibration_images=64, lambda_sweep=[0.1, 0.3],
-                        out=str(calibrated)))
+                        out=str(calibrated), rule="sigma"))
     r = run_attack(_quick(str(calibrated), lam="auto", eps=0.1, n=16))
     assert {row["mode"] for row in r.results} >= {"bpda", "through-rule"}
-    assert r.threat["lambda"]["mode"] == "auto"
+    assert r.threat["lambda"]["mode"] == "auto" and r.threat["lambda"]["rule"]["rule"] == "sigma"
+
+
+def test_a_rule_without_a_gradient_is_attacked_by_bpda_only():
+    from csc_cli.jobs.attack import AttackConfig, _modes_for
+    from csc_cli.robust.rules import DiscrepancyRule, SigmaRule
+
+    config = AttackConfig(model="m")
+    assert _modes_for(config, True, SigmaRule("conv1", 0.1))[:2] == ["bpda", "through-rule"]
+    modes = _modes_for(config, True, DiscrepancyRule("conv1", 0.1))
+    assert modes[0] == "bpda" and "through-rule" not in modes and "implicit" in modes
 
 
 @pytest.mark.parametrize(
