@@ -66,7 +66,7 @@ def eval_(
              "reconstructions.")] = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Autoencoders: a seeded subset of the test split.")] = None,
     data: Annotated[Optional[str], typer.Option(
-        "--data", help="Autoencoders: evaluate on another dataset (a transfer; same channels).")] = None,
+        "--data", help="Autoencoders: evaluate on another dataset (a transfer; gray <-> RGB converted).")] = None,
 ) -> None:
     """Evaluate a model: clean accuracy, corruption robustness, test-time lambda (as trained,
     oracle, auto). For an autoencoder: reconstruction MSE / PSNR / SSIM, nearest-subspace accuracy

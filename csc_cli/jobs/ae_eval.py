@@ -103,10 +103,19 @@ def _indices(split, n: Optional[int], seed: int, notes: List[str], what: str) ->
     return idx if idx is not None else torch.arange(len(split))
 
 
-def _fit(images: Tensor, channels: int, size: int, name: str) -> Tensor:
-    """``images`` at the model's input size (bilinear), refusing another number of channels."""
-    if images.shape[1] != channels:
-        raise ValueError(f"{name} has {images.shape[1]}-channel images and the model reads {channels}-channel "
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+
+def _fit(images: Tensor, channels: int, size: int, name: str, convert: bool = False) -> Tensor:
+    """``images`` at the model's input size (bilinear). Another number of channels is refused, except
+    with ``convert`` (a transfer): gray images are repeated to RGB, RGB images become their BT.601 luma."""
+    have = images.shape[1]
+    if have != channels and convert and (have, channels) == (1, 3):
+        images = images.repeat(1, 3, 1, 1)
+    elif have != channels and convert and (have, channels) == (3, 1):
+        images = (images * images.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif have != channels:
+        raise ValueError(f"{name} has {have}-channel images and the model reads {channels}-channel "
                          f"ones: evaluate on a dataset with {channels} channel(s)")
     if tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
@@ -279,9 +288,13 @@ def run_ae_eval(config: AEEvalConfig, progress: Optional[ProgressFn] = None) -> 
 
     test = open_split(dataset, "test", config.data_dir, image_size=size, resize=None if transfer else card.data.resize)
     idx = _indices(test, config.n, config.seed, notes, "test split")
-    _fit(test.take(idx[:1])[0], channels, size, test.name)  # refuse a channel mismatch before reading it all
+    first = test.take(idx[:1])[0]
+    _fit(first, channels, size, test.name, convert=transfer)  # refuse a channel mismatch before reading it all
+    if first.shape[1] != channels:
+        notes.append(f"transfer: {test.name}'s {first.shape[1]}-channel images "
+                     + ("repeated to 3 channels" if channels == 3 else "converted to gray (BT.601 luma)"))
     images, labels = test.take(idx)
-    images = _fit(images, channels, size, test.name)
+    images = _fit(images, channels, size, test.name, convert=transfer)
     z, recon = features_of(model, images, config.batch_size, device)
     emit(Step("reconstruction", 1, 1))
     mse = float((recon.double() - images.double()).square().mean())

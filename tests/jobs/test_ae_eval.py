@@ -333,11 +333,17 @@ def test_lambda_rule_for_the_encoder_is_calibrated_stored_and_applied_per_input(
     assert code == 1 and "either --out or --in-place" in err
 
 
-def test_transfer_refuses_a_channel_mismatch(tiny_ae):
-    from csc_cli.jobs.ae_eval import AEEvalConfig, run_ae_eval
+def test_transfer_converts_gray_and_rgb(tiny_ae):
+    from csc_cli.jobs.ae_eval import AEEvalConfig, _fit, run_ae_eval
 
-    with pytest.raises(ValueError, match="3-channel images and the model reads 1-channel"):
-        run_ae_eval(AEEvalConfig(model=tiny_ae, data="fake", n=8))
+    out = run_ae_eval(AEEvalConfig(model=tiny_ae, data="fake", n=8, lambda_grid=[0.1])).to_dict()
+    assert out["transfer"] and out["images"] == 8 and any("BT.601" in n for n in out["notes"])
+    rgb = torch.rand(2, 3, 32, 32)
+    gray = _fit(rgb, 1, 32, "rgb", convert=True)
+    torch.testing.assert_close(gray[:, 0], 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2])
+    assert torch.equal(_fit(gray, 3, 32, "gray", convert=True), gray.repeat(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="4-channel images and the model reads 1-channel"):
+        _fit(torch.rand(1, 4, 32, 32), 1, 32, "rgba", convert=True)
 
 
 def test_images_are_resized_to_the_model_and_channels_checked():
