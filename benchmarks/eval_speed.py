@@ -30,6 +30,19 @@ from csc_cli.surgery import set_input_normalization
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
+def interleaved(jobs, repeats: int, device) -> dict:
+    """Seconds of each job, ``repeats`` rounds, the jobs interleaved within a round."""
+    times = {k: [] for k in jobs}
+    for _ in range(repeats):
+        for key, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -49,14 +62,7 @@ def main() -> None:
     for name, m in models.items():
         jobs[(name, "clean")] = lambda m=m: predict(m, images, device)
         jobs[(name, "gaussian_noise s5")] = lambda m=m: predict(m, corrupt(images, "gaussian_noise", 5), device)
-    times = {k: [] for k in jobs}
-    for _ in range(args.repeats):
-        for key, job in jobs.items():
-            start = time.perf_counter()
-            job()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[key].append(time.perf_counter() - start)
+    times = interleaved(jobs, args.repeats, device)
     rate = {k: args.images / statistics.median(v) for k, v in times.items()}
     sdnet = models["SDNet-18"]
     levels = [Level("clean", 0, 0.1, r=0.2, sigma=0.05, sigma2=0.0025, r_best=0.2),
@@ -69,14 +75,7 @@ def main() -> None:
             with rule.applied(sdnet):
                 return predict(sdnet, noisy, device)
         rule_jobs[name] = job
-    rule_times = {k: [] for k in rule_jobs}
-    for _ in range(args.repeats):
-        for key, job in rule_jobs.items():
-            start = time.perf_counter()
-            job()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rule_times[key].append(time.perf_counter() - start)
+    rule_times = interleaved(rule_jobs, args.repeats, device)
     plain = statistics.median(rule_times["plain"])
     rule_rows = [{"rule": k, "ms_per_image": 1000 * statistics.median(v) / args.images,
                   "over_plain_time": statistics.median(v) / plain} for k, v in rule_times.items()]

@@ -181,33 +181,43 @@ class LambdaRule:
 
 
 @dataclass
-class ResidualRule(LambdaRule):
-    """``lambda = a * r(x) + b``, r(x) the layer's reconstruction error at ``reference_lam``."""
+class _AffineRule(LambdaRule):
+    """``lambda = a * statistic(x) + b``."""
 
-    kind: ClassVar[str] = "residual"
+    statistic_name: ClassVar[str] = ""
     a: float = 0.0
     b: float = 0.0
 
+    def _statistic(self, layer: CSCConvNd, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def _lam(self, layer, x):
-        return self.a * residual_energy(layer, x, self.reference_lam) + self.b
+        return self.a * self._statistic(layer, x) + self.b
 
     def describe(self) -> str:
-        return f"lambda = {self.a:.3g} * r(x) + {self.b:.3g}"
+        return f"lambda = {self.a:.3g} * {self.statistic_name} + {self.b:.3g}"
 
 
 @dataclass
-class SigmaRule(LambdaRule):
+class ResidualRule(_AffineRule):
+    """``lambda = a * r(x) + b``, r(x) the layer's reconstruction error at ``reference_lam``."""
+
+    kind: ClassVar[str] = "residual"
+    statistic_name: ClassVar[str] = "r(x)"
+
+    def _statistic(self, layer, x):
+        return residual_energy(layer, x, self.reference_lam)
+
+
+@dataclass
+class SigmaRule(_AffineRule):
     """``lambda = a * sigma(x) + b``, sigma(x) :func:`noise_sigma` of the layer input."""
 
     kind: ClassVar[str] = "sigma"
-    a: float = 0.0
-    b: float = 0.0
+    statistic_name: ClassVar[str] = "sigma(x)"
 
-    def _lam(self, layer, x):
-        return self.a * noise_sigma(x) + self.b
-
-    def describe(self) -> str:
-        return f"lambda = {self.a:.3g} * sigma(x) + {self.b:.3g}"
+    def _statistic(self, layer, x):
+        return noise_sigma(x)
 
 
 @dataclass
