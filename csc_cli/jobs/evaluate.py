@@ -389,7 +389,8 @@ def _mce(table, base, clean_acc, base_clean) -> Dict[str, Any]:
         rel[name] = sum(e - (1 - clean_acc) for e in err) / denom if abs(denom) > 1e-12 else float("nan")
     return {"ce": ce, "mce": float(np.mean(list(ce.values()))), "relative_ce": rel,
             "relative_mce": float(np.nanmean(list(rel.values()))), "baseline_clean": base_clean,
-            "baseline_mean_accuracy": base["mean_accuracy"]}
+            "baseline_mean_accuracy": base["mean_accuracy"], "baseline_accuracy": base["accuracy"],
+            "baseline_mean": base["mean"]}
 
 
 def _sweep(model, grid, corruptions, config, images, labels, device, emit) -> Dict[str, Any]:

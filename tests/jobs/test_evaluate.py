@@ -35,8 +35,9 @@ def test_scores_against_a_hand_computation():
 
 def test_mce_is_hendrycks_definition():
     table = {"accuracy": {"fog": {"1": 0.8, "2": 0.6}}, "mean_accuracy": 0.7}
-    base = {"accuracy": {"fog": {"1": 0.7, "2": 0.5}}, "mean_accuracy": 0.6}
+    base = {"accuracy": {"fog": {"1": 0.7, "2": 0.5}}, "mean": {"fog": 0.6}, "mean_accuracy": 0.6}
     out = _mce(table, base, clean_acc=0.9, base_clean=0.8)
+    assert out["baseline_mean"] == {"fog": 0.6} and out["baseline_accuracy"]["fog"]["2"] == 0.5
     assert out["mce"] == pytest.approx((0.2 + 0.4) / (0.3 + 0.5))
     assert out["relative_mce"] == pytest.approx(((0.2 - 0.1) + (0.4 - 0.1)) / ((0.3 - 0.2) + (0.5 - 0.2)))
 
