@@ -145,7 +145,9 @@ def _protocol(proto: dict, mode: str) -> None:
         name = mode if key == "base" else key
         pt.add_row(name, _pct(m["clean"]), _pct(m["fitted"]), _pct(m["unseen"]))
     console.print(pt)
-    console.print("oracle: lambda chosen per corruption level on the test labels (an upper reference, not deployable)")
+    if "oracle" in proto["modes"]:
+        console.print("oracle: lambda chosen per corruption level on the test labels (an upper reference, "
+                      "not deployable)")
 
 
 def _sweep(sweep: dict) -> None:
