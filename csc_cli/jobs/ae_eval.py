@@ -39,7 +39,8 @@ from ..data.source import open_split
 from ..layers import csc_layers
 from ..metrics import fid, fid_features, fit_subspaces, inception_net, nearest_subspace, psnr, ssim
 from ..robust.lam import lambda_override
-from ..robust.rules import RULES, LambdaRule, fit_rules, layer_inputs, measure_level, rule_from_dict
+from ..robust.rules import (CalibrationLevel, LambdaRule, calibrate, check_rule_name, fit_share, layer_inputs,
+                            rule_from_dict)
 from .common import resolve_device
 from .ctrl_train import features_of
 from .events import ProgressFn, Step, ignore
@@ -211,8 +212,7 @@ def calibrate_ae_lambda(model, card, config: AEEvalConfig, device, emit: Progres
     names = _encoder_layers(model)
     if not names:
         raise ValueError("--calibrate-lambda needs CSC layers in the encoder: this autoencoder is CTRL (--csc none)")
-    if config.rule != "best" and config.rule not in RULES:
-        raise ValueError(f"--rule must be best or one of {', '.join(RULES)}, got {config.rule!r}")
+    check_rule_name(config.rule)
     layer = csc_layers(model)[names[0]]
     reference = float(layer.lam)
     train = open_split(card.data.dataset, "train", config.data_dir, image_size=model.image_size,
@@ -220,39 +220,33 @@ def calibrate_ae_lambda(model, card, config: AEEvalConfig, device, emit: Progres
     idx = train.sample(config.calibration_images, config.seed + 1)
     x, _ = train.take(idx if idx is not None else torch.arange(len(train)))
     x = _fit(x, model.in_chans, model.image_size, train.name)
-    select = config.rule == "best"
-    if select and x.shape[0] < 4:
-        raise ValueError("--rule best holds out half of the calibration images: give --calibration-images >= 4")
-    half = x.shape[0] // 2 if select else x.shape[0]
+    half = fit_share(x.shape[0], config.rule)
     grid = list(config.lambda_grid)
-    levels = [("clean", 0, 0.0)] + [("gaussian_noise", i + 1, float(s)) for i, s in enumerate(config.calibration_noises)]
-    measured, rows, held_out = [], [], []
-    for i, (name, severity, sigma) in enumerate(levels):
+    noises = [0.0] + [float(v) for v in config.calibration_noises]
+    levels = []
+    for i, sigma in enumerate(noises):
         xn = _noisy(x, sigma, config.seed + 11 + i) if sigma else x
+        levels.append(CalibrationLevel("gaussian_noise" if sigma else "clean", i, (xn[:half], x[:half]),
+                                       (xn[half:], x[half:])))
+
+    def denoised_psnr(part) -> float:
+        return psnr(features_of(model, part[0], config.batch_size, device)[1], part[1])
+
+    def grid_psnr(part) -> List[float]:
         scores = []
         for lam in grid:
             with lambda_override(model, {n: lam for n in names}):
-                scores.append(psnr(features_of(model, xn[:half], config.batch_size, device)[1], x[:half]))
-        pick = grid[max(range(len(grid)), key=lambda j: scores[j])]
-        level = measure_level(layer, layer_inputs(model, layer, xn[:half], device, config.batch_size),
-                              name, severity, pick, reference)
-        measured.append(level)
-        held_out.append((xn[half:], x[half:]))
-        rows.append({**level.__dict__, "noise": sigma, "psnr": scores})
-        emit(Step("calibrate", i + 1, len(levels), f"noise {sigma:g}"))
-    rules = fit_rules(names[0], reference, measured, lo=min(grid), hi=max(grid), shared_with=names[1:])
-    selection = None
-    if select:
-        selection = {}
-        for name, rule in rules.items():
-            with rule.applied(model):
-                selection[name] = float(sum(psnr(features_of(model, xn, config.batch_size, device)[1], xc)
-                                            for xn, xc in held_out) / len(held_out))
-        chosen = max(rules, key=lambda n: selection[n])
-    else:
-        chosen = config.rule
+                scores.append(denoised_psnr(part))
+        return scores
+
+    rules, rows, selection, chosen = calibrate(
+        model, names[0], grid, levels, grid_scores=grid_psnr, score=denoised_psnr,
+        layer_batches=lambda part: layer_inputs(model, layer, part[0], device, config.batch_size),
+        rule=config.rule, shared_with=names[1:], progress=lambda i, n, what: emit(Step("calibrate", i, n, what)))
+    for row, sigma in zip(rows, noises):
+        row["noise"] = sigma
     report = {"layers": names, "reference_lam": reference, "grid": grid, "levels": rows, "images": int(half),
-              "held_out_images": int(x.shape[0] - half) if select else 0, "noises": list(config.calibration_noises),
+              "held_out_images": int(x.shape[0] - half), "noises": list(config.calibration_noises),
               "rule": chosen, "rules": {n: {**r.to_dict(), "formula": r.describe()} for n, r in rules.items()},
               "selection": selection, "score": "PSNR of g(f(x + noise)) against x (dB)"}
     return rules[chosen], rules, report

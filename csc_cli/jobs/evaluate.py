@@ -26,8 +26,8 @@ from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_f
 from ..data.source import open_for_model
 from ..surgery import card_of
 from ..robust.lam import LambdaPolicy, first_csc_layer
-from ..robust.rules import (RULES, LambdaRule, fit_rules, layer_input, layer_inputs, measure_level, noise_sigma,
-                            reconstruction_error, rule_from_dict)
+from ..robust.rules import (CalibrationLevel, LambdaRule, calibrate, check_rule_name, fit_share, layer_input,
+                            layer_inputs, noise_sigma, reconstruction_error, rule_from_dict)
 from .common import accuracy, accuracy_over_lambdas, evaluation_data, predict, resolve_device
 from .events import ProgressFn, Step, ignore
 STREAMED_SAMPLE = 1000  # images held in memory for corruptions / sweeps of an image-file dataset
@@ -153,43 +153,25 @@ def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
     layer_name = first_csc_layer(model)
     layer = dict(model.named_modules())[layer_name]
     reference = float(layer.lam)
-    if config.rule != "best" and config.rule not in RULES:
-        raise ValueError(f"--rule must be best or one of {', '.join(RULES)}, got {config.rule!r}")
+    check_rule_name(config.rule)
     train = open_for_model(card_of(model), "train", dataset, config.data_dir)
     gen = torch.Generator().manual_seed(config.seed + 1)
     idx = torch.randperm(len(train), generator=gen)[: config.calibration_images]
     x, y = train.take(idx)
-    select = config.rule == "best"
-    if select and x.shape[0] < 4:
-        raise ValueError("--rule best holds out half of the calibration images: give --calibration-images >= 4")
-    half = x.shape[0] // 2 if select else x.shape[0]
-    levels = [("clean", 0)] + [(c, s) for c in config.calibration_corruptions for s in range(1, 6)]
-    measured, rows, held_out = [], [], []
-    for i, (name, severity) in enumerate(levels):
+    half = fit_share(x.shape[0], config.rule)
+    levels = []
+    for name, severity in [("clean", 0)] + [(c, s) for c in config.calibration_corruptions for s in range(1, 6)]:
         xc = x if severity == 0 else corrupt(x, name, severity, seed=config.seed + 7)
-        accs = accuracy_over_lambdas(model, layer_name, grid, xc[:half], y[:half], device, config.batch_size,
-                                     config.amp)
-        pick = grid[int(np.argmax(accs))]
-        level = measure_level(layer, layer_inputs(model, layer, xc[:half], device, config.batch_size),
-                              name, severity, pick, reference)
-        measured.append(level)
-        held_out.append((xc[half:], y[half:]))
-        rows.append({**asdict(level), "accuracies": accs})
-        emit(Step("calibrate", i + 1, len(levels), f"{name} s{severity}" if severity else name))
-    rules = fit_rules(layer_name, reference, measured, lo=min(grid), hi=max(grid))
-    selection = None
-    if select:
-        selection = {}
-        for j, (name, rule) in enumerate(rules.items()):
-            with rule.applied(model):
-                accs = [_accuracy(model, xs, ys, device, config) for xs, ys in held_out]
-            selection[name] = float(np.mean(accs))
-            emit(Step("select rule", j + 1, len(rules), name))
-        chosen = max(rules, key=lambda n: selection[n])  # ties: the first in RULES order
-    else:
-        chosen = config.rule
+        levels.append(CalibrationLevel(name, severity, (xc[:half], y[:half]), (xc[half:], y[half:])))
+    rules, rows, selection, chosen = calibrate(
+        model, layer_name, grid, levels,
+        grid_scores=lambda part: accuracy_over_lambdas(model, layer_name, grid, *part, device, config.batch_size,
+                                                       config.amp),
+        score=lambda part: _accuracy(model, *part, device, config),
+        layer_batches=lambda part: layer_inputs(model, layer, part[0], device, config.batch_size),
+        rule=config.rule, progress=lambda i, n, what: emit(Step("calibrate", i, n, what)))
     report = {"layer": layer_name, "reference_lam": reference, "grid": grid, "levels": rows,
-              "images": int(half), "held_out_images": int(x.shape[0] - half) if select else 0,
+              "images": int(half), "held_out_images": int(x.shape[0] - half),
               "corruptions": list(config.calibration_corruptions), "rule": chosen,
               "rules": {n: {**r.to_dict(), "formula": r.describe()} for n, r in rules.items()},
               "selection": selection}

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Type
+from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -402,3 +402,65 @@ def fit_rules(layer: str, reference_lam: float, levels: Sequence[Level], lo: flo
             tau, q = _line([lv.sigma2 for lv in levels], [lv.r_best for lv in levels])
             out[name] = DiscrepancyRule(**common, q=q, tau=tau)
     return out
+
+
+@dataclass
+class CalibrationLevel:
+    """One level to calibrate on: a corruption at a severity (0: clean), the part of the training
+    images the rules are fitted on and the held-out part the stored rule is chosen on (may be empty)."""
+
+    corruption: str
+    severity: int
+    fit: Any
+    held_out: Any = None
+
+
+def calibrate(model: nn.Module, layer: str, grid: Sequence[float], levels: Sequence[CalibrationLevel], *,
+              grid_scores: Callable[[Any], List[float]], score: Callable[[Any], float],
+              layer_batches: Callable[[Any], Iterable[Tensor]], rule: str = "best", shared_with: Sequence[str] = (),
+              progress: Optional[Callable[[int, int, str], None]] = None):
+    """Fit every rule for ``model``'s CSC layer ``layer`` (higher scores are better):
+
+    for each level, ``grid_scores(level.fit)`` scores each lambda of ``grid`` and the best one is the
+    level's target; ``layer_batches(level.fit)`` yields the layer's inputs for the statistics. With
+    ``rule='best'``, each fitted rule is applied and scored on every level's ``held_out`` part with
+    ``score`` and the best is chosen (ties: the first in :data:`RULES`); otherwise ``rule`` names it.
+    Returns ``(rules, rows, selection, chosen)``: the fitted rules by name, one row per level (its
+    :class:`Level` and the grid's scores), the held-out mean score per rule (or None), the chosen name."""
+    check_rule_name(rule)
+    module = dict(model.named_modules())[layer]
+    reference = float(module.lam)
+    measured, rows = [], []
+    for i, lv in enumerate(levels):
+        scores = [float(v) for v in grid_scores(lv.fit)]
+        pick = grid[max(range(len(grid)), key=lambda j: scores[j])]  # ties: the smallest lambda
+        level = measure_level(module, layer_batches(lv.fit), lv.corruption, lv.severity, pick, reference)
+        measured.append(level)
+        rows.append({**asdict(level), "scores": scores})
+        if progress:
+            progress(i + 1, len(levels), f"{lv.corruption} s{lv.severity}" if lv.severity else lv.corruption)
+    rules = fit_rules(layer, reference, measured, lo=min(grid), hi=max(grid), shared_with=shared_with)
+    if rule != "best":
+        return rules, rows, None, rule
+    selection = {}
+    for name, fitted in rules.items():
+        with fitted.applied(model):
+            selection[name] = float(sum(score(lv.held_out) for lv in levels) / len(levels))
+    return rules, rows, selection, max(rules, key=lambda n: selection[n])
+
+
+def fit_share(images: int, rule: str) -> int:
+    """How many of ``images`` calibration images the rules are fitted on: half for ``rule='best'``
+    (the other half chooses the rule), all of them for a named rule."""
+    if rule != "best":
+        return images
+    if images < 4:
+        raise ValueError("--rule best holds out half of the calibration images: give --calibration-images >= 4")
+    return images // 2
+
+
+def check_rule_name(rule: str) -> str:
+    """``rule`` if it is ``best`` or one of :data:`RULES`; a one-line ``ValueError`` otherwise."""
+    if rule != "best" and rule not in RULES:
+        raise ValueError(f"--rule must be best or one of {', '.join(RULES)}, got {rule!r}")
+    return rule
