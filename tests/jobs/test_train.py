@@ -204,6 +204,9 @@ def test_every_shipped_recipe_parses(recipe):
             assert cfg.batch_size == {"cifar10": 1600, "imagenet": 300}[cfg.dataset]
     elif recipe.stem.endswith("_warmstart"):  # fine-tuning a converted model: a tenth of the paper's lr
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.init) == (0.01, 128, 5e-4, None)
+    elif recipe.stem == "cifar10_resnet20_stem":  # the SDNet CIFAR recipe on ResNet-20, cut to a CPU budget
+        assert (cfg.arch, cfg.csc, cfg.lam, cfg.steps) == ("resnet20_cifar", "stem", 0.1, 2)
+        assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs, cfg.nesterov) == (0.1, 128, 5e-4, 30, True)
     elif cfg.dataset.startswith("cifar"):
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs, cfg.nesterov) == (0.1, 128, 5e-4, 220, True)
     elif cfg.dataset == "imagenet":
