@@ -87,13 +87,8 @@ def evaluate(result: dict) -> None:
         console.print(pc)
     cal = result.get("calibration")
     if cal:
-        held = f", rule chosen on {cal['held_out_images']} held-out ones" if cal.get("held_out_images") else ""
-        console.print(f"calibrated {cal['layer']} on {cal['images']} training images with "
-                      f"{', '.join(cal['corruptions'])}{held}; stored rule {cal['rule']}: "
-                      f"{cal['rules'][cal['rule']]['formula']} (written to {cal['written_to']})")
-        if cal.get("selection"):
-            console.print("held-out mean accuracy per rule: " + ", ".join(
-                f"{n} {100 * v:.1f}%" for n, v in cal["selection"].items()))
+        calibration(cal, f"{cal['layer']} on {cal['images']} training images with {', '.join(cal['corruptions'])}",
+                    "accuracy", lambda v: f"{100 * v:.1f}%")
     table = result.get("corruptions")
     if table:
         _corruptions(table, mode)
@@ -105,6 +100,16 @@ def evaluate(result: dict) -> None:
     if sweep:
         _sweep(sweep)
     _notes_and_files(result)
+
+
+def calibration(cal: dict, fitted_on: str, score: str, fmt) -> None:
+    """What --calibrate-lambda fitted and stored (a classifier's or an autoencoder's)."""
+    held = f", rule chosen on {cal['held_out_images']} held-out ones" if cal.get("held_out_images") else ""
+    console.print(f"calibrated {fitted_on}{held}; stored rule {cal['rule']}: "
+                  f"{cal['rules'][cal['rule']]['formula']} (written to {cal['written_to']})")
+    if cal.get("selection"):
+        console.print(f"held-out mean {score} per rule: " + ", ".join(
+            f"{n} {fmt(v)}" for n, v in cal["selection"].items()))
 
 
 def _corruptions(table: dict, mode: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .app import console
+from .render import calibration
 
 
 def _pct(v) -> str:
@@ -51,12 +52,8 @@ def ae_evaluate(result: dict) -> None:
                           f"(trained lambdas: {rec['psnr']:.2f} dB)")
     cal = result.get("calibration")
     if cal:
-        held = f", rule chosen on {cal['held_out_images']} held-out ones" if cal.get("held_out_images") else ""
-        console.print(f"calibrated on {cal['images']} noisy training images (sigma {', '.join(map(str, cal['noises']))})"
-                      f"{held}; stored rule {cal['rule']} (written to {cal['written_to']})")
-        if cal.get("selection"):
-            console.print("held-out mean PSNR per rule: " + ", ".join(
-                f"{n} {v:.2f} dB" for n, v in cal["selection"].items()))
+        calibration(cal, f"the encoder on {cal['images']} training images with noise sigma "
+                         f"{', '.join(map(str, cal['noises']))}", "PSNR", lambda v: f"{v:.2f} dB")
     f = result.get("fid")
     if f:
         console.print(f"FID of the reconstructions vs the originals: {f['fid']:.3f} ({f['images']} images)")
