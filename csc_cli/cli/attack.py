@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,10 +9,10 @@ import typer
 
 from ..choices import ATTACK_PRESET_HELP, ATTACKS, GRADIENT_MODES, RULE_MODES
 from . import render
-from .app import app, console, err_console
+from .app import app
 from .options import (AttackPreset, DataDir, Device, EvalDataset, LamLayers, LamPolicy, LamScale, ModelFile,
                       Seed, grid, names)
-from .progress import JobProgress, on_steps
+from .progress import run_and_show
 
 
 @app.command()
@@ -59,9 +58,4 @@ def attack(
         modes=names(modes), lam=lam, lambda_scale=lambda_scale, lambda_layers=lambda_layers,
         lambda_sweep=grid(lambda_sweep) if lambda_sweep else None, square_queries=square_queries, sanity=sanity,
         baseline=baseline, save_examples=str(save_examples) if save_examples else None, seed=seed, device=device)
-    with JobProgress(err_console if as_json else console, "attacking") as bar:
-        result = run_attack(config, on_steps(bar, on_other=None if as_json else render.attack_cost)).to_dict()
-    if as_json:
-        console.print_json(json.dumps(result))
-        return
-    render.attack(result)
+    run_and_show(run_attack, config, "attacking", as_json, render.attack, on_other=render.attack_cost)

@@ -4,7 +4,6 @@ says ``task == 'autoencoder'``) reconstruction, features and the encoder's lambd
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -12,10 +11,10 @@ import typer
 
 from ..choices import CORRUPTION_GROUPS
 from . import render
-from .app import app, console, err_console
+from .app import app
 from .options import (Amp, DataDir, Device, EvalDataset, Json, LamLayers, LamPolicy, LamScale, ModelFile, RuleName,
                       Seed, floats, grid, names)
-from .progress import JobProgress, on_steps
+from .progress import run_and_show
 
 
 @app.command("eval")
@@ -110,12 +109,7 @@ def eval_(
                         calibrate_lambda=calibrate_lambda, calibration_images=calibration_images, rule=rule,
                         calibration_corruptions=names(calibration_corruptions), out=out, in_place=in_place,
                         csv=str(csv) if csv else None, plots=str(plots) if plots else None, seed=seed)
-    with JobProgress(err_console if as_json else console, "evaluating") as bar:
-        result = run_eval(config, on_steps(bar)).to_dict()
-    if as_json:
-        console.print_json(json.dumps(result))
-        return
-    render.evaluate(result)
+    run_and_show(run_eval, config, "evaluating", as_json, render.evaluate)
 
 
 def _ae_eval(model: Path, data: Optional[str], data_dir: Optional[str], n: Optional[int], noise: Optional[float],
@@ -131,9 +125,4 @@ def _ae_eval(model: Path, data: Optional[str], data_dir: Optional[str], n: Optio
         config.noise = noise
     if lambda_grid is not None:
         config.lambda_grid = grid(lambda_grid)
-    with JobProgress(err_console if as_json else console, "evaluating") as bar:
-        result = run_ae_eval(config, on_steps(bar)).to_dict()
-    if as_json:
-        console.print_json(json.dumps(result))
-        return
-    ae_evaluate(result)
+    run_and_show(run_ae_eval, config, "evaluating", as_json, ae_evaluate)

@@ -10,7 +10,7 @@ import typer
 
 from ..choices import DATASET_HELP
 from . import render
-from .app import app, console, err_console
+from .app import app, console
 from .options import DataDir, ModelFile, Seed, floats
 
 
@@ -65,14 +65,9 @@ def inspect(
 def _ae_inspect(model: Path, out: Path, data_dir: Optional[str], images: int, features: int, seed: int,
                 as_json: bool) -> None:
     from ..jobs.ae_inspect import AEInspectConfig, run_ae_inspect
-    from .progress import JobProgress, on_steps
+    from .progress import run_and_show
     from .render_ae import ae_inspect
 
     config = AEInspectConfig(model=str(model), out=str(out), data_dir=data_dir, images=images, features=features,
                              seed=seed)
-    with JobProgress(err_console if as_json else console, "inspecting") as bar:
-        result = run_ae_inspect(config, on_steps(bar)).to_dict()
-    if as_json:
-        console.print_json(json.dumps(result))
-        return
-    ae_inspect(result)
+    run_and_show(run_ae_inspect, config, "inspecting", as_json, ae_inspect)

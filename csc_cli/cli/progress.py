@@ -102,6 +102,21 @@ def on_steps(bar: JobProgress, on_other=None):
     return callback
 
 
+def run_and_show(job, config, label: str, as_json: bool, show, on_other=None) -> None:
+    """Run ``job(config, progress)`` under a progress bar (on stderr with ``--json``), then print its
+    result as JSON or hand the result dict to ``show``; ``on_other`` gets non-Step events."""
+    import json
+
+    from .app import console, err_console
+
+    with JobProgress(err_console if as_json else console, label) as bar:
+        result = job(config, on_steps(bar, on_other=None if as_json else on_other)).to_dict()
+    if as_json:
+        console.print_json(json.dumps(result))
+    else:
+        show(result)
+
+
 class TrainView:
     """Renders a training run's events: the start line, a bar (or plain lines) per epoch, a table
     row and a line per finished epoch."""
