@@ -226,23 +226,24 @@ def is_autoencoder(model: nn.Module) -> bool:
 
 
 # ----------------------------------------------------------------------------- the architectures
-def _dcgan32(in_chans: int, feature_dim: int) -> Tuple[nn.Module, nn.Module]:
+def _dcgan32(in_chans: int, feature_dim: int, width: int = 64) -> Tuple[nn.Module, nn.Module]:
+    w1, w2, w4 = width, 2 * width, 4 * width  # CTRL: 64, 128, 256
     lrelu = lambda: nn.LeakyReLU(0.2)  # noqa: E731
     encoder = nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(in_chans, 64, 4, 2, 1, bias=False)), ("act1", lrelu()),
-        ("conv2", nn.Conv2d(64, 128, 4, 2, 1, bias=False)), ("bn2", nn.BatchNorm2d(128)), ("act2", lrelu()),
-        ("conv3", nn.Conv2d(128, 256, 4, 2, 1, bias=False)), ("bn3", nn.BatchNorm2d(256)), ("act3", lrelu()),
-        ("conv4", nn.Conv2d(256, feature_dim, 4, 1, 0, bias=False)), ("sphere", Sphere()),
+        ("conv1", nn.Conv2d(in_chans, w1, 4, 2, 1, bias=False)), ("act1", lrelu()),
+        ("conv2", nn.Conv2d(w1, w2, 4, 2, 1, bias=False)), ("bn2", nn.BatchNorm2d(w2)), ("act2", lrelu()),
+        ("conv3", nn.Conv2d(w2, w4, 4, 2, 1, bias=False)), ("bn3", nn.BatchNorm2d(w4)), ("act3", lrelu()),
+        ("conv4", nn.Conv2d(w4, feature_dim, 4, 1, 0, bias=False)), ("sphere", Sphere()),
     ]))
     decoder = nn.Sequential(OrderedDict([
         ("feature_map", FeatureMap(feature_dim)),
-        ("deconv1", nn.ConvTranspose2d(feature_dim, 256, 4, 1, 0, bias=False)), ("bn1", nn.BatchNorm2d(256)),
+        ("deconv1", nn.ConvTranspose2d(feature_dim, w4, 4, 1, 0, bias=False)), ("bn1", nn.BatchNorm2d(w4)),
         ("act1", nn.ReLU()),
-        ("deconv2", nn.ConvTranspose2d(256, 128, 4, 2, 1, bias=False)), ("bn2", nn.BatchNorm2d(128)),
+        ("deconv2", nn.ConvTranspose2d(w4, w2, 4, 2, 1, bias=False)), ("bn2", nn.BatchNorm2d(w2)),
         ("act2", nn.ReLU()),
-        ("deconv3", nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False)), ("bn3", nn.BatchNorm2d(64)),
+        ("deconv3", nn.ConvTranspose2d(w2, w1, 4, 2, 1, bias=False)), ("bn3", nn.BatchNorm2d(w1)),
         ("act3", nn.ReLU()),
-        ("deconv4", nn.ConvTranspose2d(64, in_chans, 4, 2, 1, bias=False)), ("tanh", nn.Tanh()),
+        ("deconv4", nn.ConvTranspose2d(w1, in_chans, 4, 2, 1, bias=False)), ("tanh", nn.Tanh()),
     ]))
     return encoder, decoder
 
@@ -300,15 +301,19 @@ def _finish(model: CTRLAutoencoder, arch: str, kwargs: Dict[str, Any]) -> CTRLAu
 @register_model
 def ctrl_dcgan32(pretrained: bool = False, **kwargs: Any) -> CTRLAutoencoder:
     """CTRL's 32x32 DCGAN-like encoder/decoder pair (bias-free); ``in_chans`` 1 or 3,
-    ``feature_dim`` d (128)."""
+    ``feature_dim`` d (128), ``width`` (64: CTRL's 64/128/256 channels; w gives w/2w/4w)."""
     arch = "ctrl_dcgan32"
-    kwargs = _factory_kwargs(arch, pretrained, kwargs, ("in_chans", "feature_dim"))
+    kwargs = _factory_kwargs(arch, pretrained, kwargs, ("in_chans", "feature_dim", "width"))
     in_chans = _int_arg("in_chans", kwargs.get("in_chans", 3), arch, 1, 4)
     feature_dim = _int_arg("feature_dim", kwargs.get("feature_dim", 128), arch, 1, 1 << 16)
-    encoder, decoder = _dcgan32(in_chans, feature_dim)
+    width = _int_arg("width", kwargs.get("width", 64), arch, 1, 1024)
+    encoder, decoder = _dcgan32(in_chans, feature_dim, width)
     model = CTRLAutoencoder(encoder, decoder, arch=arch, in_chans=in_chans, feature_dim=feature_dim, image_size=32,
                             first_conv="encoder.conv1")
-    return _finish(model, arch, {"in_chans": in_chans, "feature_dim": feature_dim})
+    kwargs = {"in_chans": in_chans, "feature_dim": feature_dim}
+    if width != 64:  # files written before the option existed (and CTRL's width) name no width
+        kwargs["width"] = width
+    return _finish(model, arch, kwargs)
 
 
 @register_model
@@ -384,8 +389,11 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
     kwargs: Dict[str, Any] = {"in_chans": in_chans, "feature_dim": feature_dim}
     if arch == "ctrl_resnet":
         kwargs.update(image_size=image_size, width=width)
-    elif image_size not in (None, 32) or width is not None:
-        raise ValueError(f"{arch} is 32x32 with fixed widths: image_size and width are ctrl_resnet's")
+    else:
+        if image_size not in (None, 32):
+            raise ValueError(f"{arch} is 32x32: image_size is ctrl_resnet's")
+        if width is not None:
+            kwargs["width"] = width
     model = create_model(arch, **kwargs)
     card_of(model).task = "autoencoder"
     if csc == "none":

@@ -75,6 +75,14 @@ def train(
                                                              "rate-reduction game with labels (multi) or without (binary)."),
     feature_dim: Optional[int] = _opt("--feature-dim", help="Autoencoders: feature dimension d."),
     encoder_steps: Optional[int] = _opt("--encoder-steps", help="Autoencoders: encoder steps per decoder step."),
+    width: Optional[int] = _opt("--width", help="Autoencoders: channel width (ctrl_dcgan32 w/2w/4w, ctrl_resnet w..8w).",
+                                default="64 dcgan32, 32 resnet"),
+    pixel_weight: Optional[float] = _opt("--pixel-weight", help="Autoencoders: weight of the per-image pixel term "
+                                                                "||x - g(f(x))||^2 in the decoder's loss (0: CTRL's "
+                                                                "pure game)."),
+    feature_weight: Optional[float] = _opt("--feature-weight", help="Autoencoders: weight of the per-image feature "
+                                                                    "term ||f(x) - f(g(f(x)))||^2 in the decoder's "
+                                                                    "loss (0: CTRL's pure game)."),
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (progress, if any, on stderr).")] = False,
 ) -> None:
     """Train an SDNet (or the plain ConvNet) on a dataset: `csc train` alone trains SDNet on the
@@ -91,7 +99,7 @@ def train(
                  deterministic=deterministic, device=device, val_split=val_split, select=select, out=out,
                  init=init, checkpoint_every=checkpoint_every, max_batches=max_batches,
                  image_size=image_size, workers=workers, ctrl_mode=ctrl_mode, feature_dim=feature_dim,
-                 encoder_steps=encoder_steps)
+                 encoder_steps=encoder_steps, width=width, pixel_weight=pixel_weight, feature_weight=feature_weight)
     flags = {k: v for k, v in given.items() if v is not None}
     if resume:  # the run's own config, then the recipe's values, then the flags
         config = TrainConfig.from_state(resume, **{**(read_recipe(recipe) if recipe else {}), **flags})

@@ -47,7 +47,7 @@ from .training import lr_at, refresh_step_sizes, restore_train_state, save_train
 
 __all__ = ["run_ctrl_train", "GameStep", "reconstruction_scores", "features_of"]
 
-_ROW_KEYS = ("T", "dR_Z", "dR_Zh", "pairwise", "R_Z", "train_mse")
+_ROW_KEYS = ("T", "dR_Z", "dR_Zh", "pairwise", "R_Z", "pixel", "feature", "train_mse")
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -154,7 +154,14 @@ class GameStep:
             decoded = model.decode(z)
             zh = model.encode(decoded)
         total, terms = self._objective(z, zh, y)
-        self._apply(total, self.decoder_params)
+        loss = total
+        pixel = (decoded.float() - x.float()).square().flatten(1).sum(1).mean()
+        feature = (zh.float() - z.float()).square().sum(1).mean()
+        if cfg.pixel_weight:
+            loss = loss + cfg.pixel_weight * pixel
+        if cfg.feature_weight:
+            loss = loss + cfg.feature_weight * feature
+        self._apply(loss, self.decoder_params)
         for p in self.encoder_params:
             p.requires_grad_(True)
         self.step += 1
@@ -163,6 +170,7 @@ class GameStep:
         out.setdefault("dR_Zh", float("nan"))
         out.setdefault("pairwise", out.get("T", float("nan")))
         out["T"] = float(total.detach())
+        out["pixel"], out["feature"] = float(pixel.detach()), float(feature.detach())
         out["train_mse"] = float((decoded.detach().float() - x.float()).square().mean())
         return out
 
@@ -222,7 +230,7 @@ def _build(config: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
                                                    mu=config.mu, method=config.method, backward=config.backward)
     size = image_size if config.arch == "ctrl_resnet" else None
     return build_autoencoder(config.arch, in_chans=in_chans, feature_dim=config.feature_dim, csc=config.csc,
-                             image_size=size, **options)
+                             image_size=size, width=config.width, **options)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -276,6 +284,7 @@ def run_ctrl_train(config: TrainConfig, progress: Optional[ProgressFn] = None):
                               "csc": config.csc, "history": history, "best": None, "config": asdict(config)})
 
     test_x, test_y = _test_split(data.test)
+    val_x, val_y = _test_split(data.val) if data.val is not None else (None, None)
     parameters = sum(p.numel() for p in model.parameters())
     emit(TrainStart(arch=card_of(model).arch, parameters=parameters, device=str(device), epochs=config.epochs,
                     steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, train_images=data.train_images,
@@ -307,6 +316,9 @@ def run_ctrl_train(config: TrainConfig, progress: Optional[ProgressFn] = None):
         row: Dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(config, max(game.step - 1, 0), steps_per_epoch),
                                **{k: (v / count if count else float("nan")) for k, v in sums.items()},
                                **_test_scores(model, test_x, test_y, data.num_classes, config.eps2),
+                               **({f"val_{k[5:]}": v for k, v in
+                                   _test_scores(model, val_x, val_y, data.num_classes, config.eps2).items()}
+                                  if data.val is not None else {}),
                                "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
                                "csc_layers": csc_layer_stats(_Loop(model), data.probe.to(device))}
         history.append(row)

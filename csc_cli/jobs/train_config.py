@@ -64,6 +64,7 @@ class TrainConfig:
     # CSC-CTRL / CTRL (an autoencoder --arch, or an autoencoder --init file): the rate-reduction game
     ctrl_mode: str = "multi"  # multi (labels) or binary (label-free)
     feature_dim: int = 128
+    width: Optional[int] = None  # the autoencoder's channel width (None: the architecture's, 64 / 32)
     encoder_steps: int = 1  # encoder steps per decoder step
     first_step_dr: bool = False  # the first encoder step maximises dR(Z) alone (CTRL's CIFAR-10 setting)
     eps2: float = 0.5  # epsilon squared of the coding rate
@@ -71,6 +72,11 @@ class TrainConfig:
     encoder_beta2: float = 0.999
     decoder_beta1: float = 0.5
     decoder_beta2: float = 0.999
+    # sample-wise consistency: departures from the paper's pure game (0 = CTRL's game), added to the
+    # decoder's loss -- pixel: mean over images of sum_pixels (g(f(x)) - x)^2 in [0, 1] units;
+    # feature: mean over images of ||f(x) - f(g(f(x)))||^2 on the unit sphere
+    pixel_weight: float = 0.0
+    feature_weight: float = 0.0
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -134,6 +140,8 @@ class TrainConfig:
         need(self.feature_dim >= 2, f"feature_dim must be >= 2, got {self.feature_dim}")
         need(self.encoder_steps >= 1, f"encoder_steps must be >= 1, got {self.encoder_steps}")
         need(self.eps2 > 0, f"eps2 must be > 0, got {self.eps2}")
+        need(self.pixel_weight >= 0 and self.feature_weight >= 0, "pixel_weight and feature_weight must be >= 0")
+        need(self.width is None or self.width >= 1, f"width must be >= 1, got {self.width}")
         need(all(0 <= b < 1 for b in (self.encoder_beta1, self.encoder_beta2, self.decoder_beta1, self.decoder_beta2)),
              "Adam betas must be in [0, 1)")
         if self.arch in CTRL_ARCHS and not self.init:
