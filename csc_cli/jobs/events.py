@@ -6,7 +6,7 @@ the event's type. Nothing here imports torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional
 
 
@@ -95,11 +95,15 @@ class GameEpochEnd(Event):
     test_dR: float
     images_per_s: float
     seconds: float
+    pixel: float = float("nan")  # per-image pixel / feature consistency terms (logged at any weight)
+    feature: float = float("nan")
+    val_psnr: Optional[float] = None  # on the held-out training images (--val-split), when there are some
     csc_layers: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Dict[str, Any]) -> "GameEpochEnd":
-        return cls(**row)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in known})
 
 
 @dataclass(frozen=True)
