@@ -18,7 +18,7 @@ import time
 import torch
 
 from csc_cli.autoencoders import build_autoencoder
-from csc_cli.jobs.ctrl_train import GameStep, _optimizer
+from csc_cli.jobs.autoencoder.train import GameStep, _optimizer
 from csc_cli.jobs.train_config import TrainConfig
 from csc_cli.surgery import set_input_normalization
 

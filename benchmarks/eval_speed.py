@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from csc_cli.data.corruptions import corrupt
-from csc_cli.jobs.evaluate import predict
+from csc_cli.jobs.common import predict
 from csc_cli.models import build_model
 from csc_cli.robust.rules import Level, fit_rules
 from csc_cli.surgery import set_input_normalization

@@ -66,7 +66,9 @@ so ``encode(decode(z))`` -- the game's ``f(g(z))`` -- is right either way.
 
 An untrained CSC-CTRL model in eval mode is degenerate: BN's initial running variance (1) is far
 from the variance of fresh codes, the last encoder code is then all below ``lam`` and the features
-are zero vectors, not unit ones. Train (or run training forwards) before evaluating.
+are zero vectors, not unit ones. Train (or run training forwards) before evaluating;
+:func:`check_trained` (which ``csc eval`` and ``csc inspect`` apply to an autoencoder file) refuses a
+model whose BatchNorm layers have seen no data.
 """
 
 from __future__ import annotations
@@ -81,10 +83,11 @@ import torch.nn.functional as F
 from timm.models import register_model
 
 from .card import Edit
+from .registry import create_model
 from .surgery import card_of, convertible, edit_model, find_convs, input_normalization, to_csc_edit
 
 __all__ = ["CTRLAutoencoder", "DownBlock", "UpBlock", "FeatureMap", "Sphere", "build_autoencoder", "is_autoencoder",
-           "autoencoder_layout", "AUTOENCODER_ARCHS", "CTRL_MEAN", "CTRL_STD"]
+           "autoencoder_layout", "untrained_norms", "check_trained", "AUTOENCODER_ARCHS", "CTRL_MEAN", "CTRL_STD"]
 
 CTRL_MEAN = 0.5  # per channel: (x - 0.5) / 0.5 maps [0, 1] images to CTRL's [-1, 1]
 CTRL_STD = 0.5
@@ -223,6 +226,26 @@ def is_autoencoder(model: nn.Module) -> bool:
     if card is not None:
         return card.task == "autoencoder"
     return getattr(model, "csc_task", None) == "autoencoder"
+
+
+def untrained_norms(model: nn.Module) -> List[str]:
+    """The BatchNorm layers of ``model`` that have normalised no training batch yet: their running
+    statistics are still the initial mean 0 and variance 1 (``num_batches_tracked == 0``)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None
+            and int(m.num_batches_tracked) == 0]
+
+
+def check_trained(model: nn.Module, name: str) -> None:
+    """Refuse (``ValueError``, one line) an autoencoder whose BatchNorm layers have seen no data: in
+    eval mode its features mean nothing (all zero for CSC-CTRL; see the module docstring)."""
+    unseen = untrained_norms(model)
+    if unseen:
+        card = getattr(model, "csc_card", None)
+        dataset = card.data.dataset if card is not None and card.data.dataset else "DATASET"
+        raise ValueError(f"{name} is an untrained autoencoder: {len(unseen)} BatchNorm layer(s) (e.g. {unseen[0]}) "
+                         f"have seen no data, so its eval-mode features are meaningless (zero for CSC-CTRL); "
+                         f"train it first: csc train {dataset} --init {name}")
 
 
 # ----------------------------------------------------------------------------- the architectures
@@ -378,8 +401,6 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
     ``csc_options`` (``lam``, ``steps``, ``nonneg``, ``units``...) go to every CSC layer (defaults
     ``lam=0.1, steps=2, units='code'``), except that the two end layers are always signed. The
     model's card says ``task='autoencoder'``, and its edit log rebuilds it on load."""
-    from .models import create_model  # models imports this module (registration): import late
-
     if arch not in AUTOENCODER_ARCHS:
         raise ValueError(f"unknown autoencoder {arch!r}; choose one of {', '.join(AUTOENCODER_ARCHS)}")
     if csc not in ("all", "none"):

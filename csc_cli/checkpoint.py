@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Tuple, Union
 import torch
 import torch.nn as nn
 
-from . import __version__
+from ._version import __version__
 from .card import FORMAT, FORMAT_VERSION, CardError, ModelCard
 from .models import rebuild
 from .surgery import convertible, find_convs, input_normalization, set_input_normalization, sync_card

@@ -12,9 +12,10 @@ BACKWARDS = ("unrolled", "implicit", "recompute")
 
 # training (csc_cli.jobs.train)
 CSC_MODES = ("stem", "all", "none")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw")  # a classifier's
+GAME_OPTIMIZER = "adam"  # the CTRL game's, whatever --optimizer says: Adam with its betas per network
 SCHEDULES = ("cosine", "step", "constant", "linear")
-# CSC-CTRL (csc_cli.jobs.ctrl_train): the autoencoders and the two forms of the rate-reduction game
+# CSC-CTRL (csc_cli.jobs.autoencoder.train): the autoencoders and the two forms of the rate-reduction game
 CTRL_ARCHS = ("ctrl_dcgan32", "ctrl_resnet")
 CTRL_MODES = ("multi", "binary")
 AMP_MODES = ("none", "bf16", "fp16")

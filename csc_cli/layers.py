@@ -21,6 +21,10 @@ layers do; ``'conv'`` the code times ``||atom_m|| / t`` per channel -- in the un
 replaces, so that one signed step at ``lam = 0`` *is* that conv, and one non-negative step is
 ``relu(conv(x, W) - lam ||W_m||)``. :func:`csc_cli.convert` uses it for function-preserving warm
 starts; :meth:`CSCConvNd.code_from_output` turns a forward output back into the code.
+
+Also here, because ``from_conv`` is it: what counts as a convolution (:func:`conv_kind`), the weight
+a conv applies (:func:`applied_weight`) and the one conv -> CSC constructor (:func:`csc_layer_for`),
+which :func:`csc_cli.convert` and the model files' edits (:mod:`csc_cli.surgery`) use too.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from .core.lasso import BACKWARDS, METHODS, SolverTrace, solve_lasso
 from .core.operators import ConvGeometry, Geometry, TransposedConvGeometry, power_iteration
 
 __all__ = ["CSCConv1d", "CSCConv2d", "CSCConvNd", "CSCConvTranspose1d", "CSCConvTranspose2d", "CSCConvTransposeNd",
-           "CSC_OPTION_DEFAULTS", "LAYER_CLASSES", "csc_class_for", "csc_layers"]
+           "CSC_OPTION_DEFAULTS", "LAYER_CLASSES", "csc_class_for", "csc_layers", "conv_kind", "convertible",
+           "applied_weight", "conv_geometry", "csc_layer_for"]
 
 #: The keyword-only CSC options every layer takes, with their defaults.
 CSC_OPTION_DEFAULTS: Dict[str, Any] = {
@@ -195,9 +201,7 @@ class CSCConvNd(nn.Module):
     def from_conv(cls, conv: nn.Module, **options: Any) -> "CSCConvNd":
         """A CSC layer with ``conv``'s geometry whose dictionary is ``conv``'s weight (and whose
         bias, if any, is ``conv``'s bias). ``options`` are the CSC keyword options. (The same
-        construction :func:`csc_cli.convert` uses: :func:`csc_cli.surgery.csc_layer_for`.)"""
-        from .surgery import csc_layer_for
-
+        construction :func:`csc_cli.convert` uses: :func:`csc_layer_for`.)"""
         if csc_class_for(conv) is not cls:
             raise ValueError(f"{cls.__name__}.from_conv needs an nn.{cls._conv_name}, got {type(conv).__name__}")
         return csc_layer_for(conv, **options)
@@ -785,3 +789,124 @@ def csc_class_for(module: nn.Module) -> Optional[type]:
 def csc_layers(model: nn.Module) -> Dict[str, CSCConvNd]:
     """The CSC layers of ``model`` by qualified name, in registration order (the stem first)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, CSCConvNd)}
+
+
+# ----------------------------------------------------------------------------- conv -> CSC
+# What counts as a convolution and the one constructor of a CSC layer from one (``from_conv``,
+# :func:`csc_cli.convert` and the model files' ``to_csc`` edits all use it).
+def _timm_classes() -> Dict[str, type]:
+    try:
+        from timm import layers as tl
+    except ImportError:  # pragma: no cover - timm is a core dependency
+        return {}
+    names = ["Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame", "CondConv2d"]
+    return {n: getattr(tl, n) for n in names if hasattr(tl, n)}
+
+
+def conv_kind(module: nn.Module) -> Optional[str]:
+    """How ``module`` is understood: 'conv', 'conv_t' (a transposed conv: sparse deconvolution),
+    'same', 'std', 'std_same', 'csc', a skip reason prefixed with '!', or None when it is not a
+    convolution at all."""
+    timm = _timm_classes()
+    if isinstance(module, CSCConvNd):
+        return "csc"
+    if "CondConv2d" in timm and isinstance(module, timm["CondConv2d"]):
+        return "!per-sample (conditionally parameterised) kernels are not a fixed dictionary"
+    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+        return "!3-D convolutions are not supported (1-D and 2-D convolutions and transposed convolutions only)"
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        return "!lazy convolution with uninitialised weights: run one forward first"
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        cls = type(module)
+        if cls.forward is not nn.ConvTranspose1d.forward and cls.forward is not nn.ConvTranspose2d.forward:
+            return f"!{cls.__name__} has its own forward with unknown semantics"
+        return "conv_t"
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return None
+    cls = type(module)
+    for name, kind in (("StdConv2dSame", "std_same"), ("ScaledStdConv2dSame", "std_same"),
+                       ("StdConv2d", "std"), ("ScaledStdConv2d", "std"), ("Conv2dSame", "same")):
+        if name in timm and cls is timm[name]:
+            return kind
+    if cls.forward is not nn.Conv1d.forward and cls.forward is not nn.Conv2d.forward:
+        return f"!{cls.__name__} has its own forward with unknown semantics"
+    return "conv"
+
+
+def convertible(kind: Optional[str]) -> bool:
+    return kind is not None and not kind.startswith("!") and kind != "csc"
+
+
+@torch.no_grad()
+def applied_weight(module: nn.Module, kind: str) -> torch.Tensor:
+    """The weight the conv actually applies: for weight-standardised convs, the standardised one."""
+    if kind in ("std", "std_same"):
+        scale = None
+        if hasattr(module, "gain") and hasattr(module, "scale"):
+            scale = (module.gain * module.scale).reshape(-1)
+        return F.batch_norm(
+            module.weight.reshape(1, module.out_channels, -1), None, None, weight=scale,
+            training=True, momentum=0.0, eps=module.eps,
+        ).reshape_as(module.weight)
+    return module.weight.detach()
+
+
+def conv_geometry(module: nn.Module, kind: str) -> Dict[str, Any]:
+    """The geometry record (see :meth:`CSCConvNd.geometry_record`) a conv converts to (a
+    transposed conv's has its ``output_padding`` too)."""
+    if kind == "conv_t":
+        return {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": list(module.kernel_size),
+            "stride": list(module.stride),
+            "padding": list(module.padding),
+            "dilation": list(module.dilation),
+            "groups": module.groups,
+            "bias": module.bias is not None,
+            "padding_mode": module.padding_mode,
+            "output_padding": list(module.output_padding),
+        }
+    tf_same = kind == "same" or (kind == "std_same" and getattr(module, "same_pad", False))
+    return {
+        "in_channels": module.in_channels,
+        "out_channels": module.out_channels,
+        "kernel_size": list(module.kernel_size),
+        "stride": list(module.stride),
+        "padding": "tf_same" if tf_same else (module.padding if isinstance(module.padding, str)
+                                               else list(module.padding)),
+        "dilation": list(module.dilation),
+        "groups": module.groups,
+        "bias": module.bias is not None,
+        "padding_mode": module.padding_mode,
+    }
+
+
+def _check_options(options: Dict[str, Any]) -> None:
+    unknown = set(options) - set(CSC_OPTION_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown CSC option(s) {sorted(unknown)}; valid: {sorted(CSC_OPTION_DEFAULTS)}")
+
+
+def csc_layer_for(module: nn.Module, kind: Optional[str] = None, **options: Any) -> CSCConvNd:
+    """A CSC layer with ``module``'s geometry, dtype, device, memory format, training flag and
+    ``requires_grad``, whose dictionary is the weight ``module`` applies (and bias its bias)."""
+    kind = kind or conv_kind(module)
+    if not convertible(kind):
+        raise ValueError(f"{type(module).__name__} cannot become a CSC layer: {kind or 'not a convolution'}")
+    _check_options(options)
+    cls = csc_class_for(module)
+    weight = module.weight  # a transposed conv's weight is its dictionary as is: same shape
+    layer = cls.from_record(conv_geometry(module, kind), options, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(applied_weight(module, kind))
+        if module.bias is not None:
+            layer.bias.copy_(module.bias)
+    if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        layer.to(memory_format=torch.channels_last)
+    layer.weight.requires_grad_(weight.requires_grad)
+    if module.bias is not None:
+        layer.bias.requires_grad_(module.bias.requires_grad)
+    layer.train(module.training)
+    layer._forget_step_size()
+    return layer

@@ -1,52 +1,26 @@
-"""Architectures by name: timm's registry, with the build recorded so model files can rebuild it."""
+"""Architectures by name: timm's registry, with the build recorded so model files can rebuild it.
+
+Every architecture csc registers is known here: the CIFAR ResNets below and the autoencoders of
+:mod:`csc_cli.autoencoders` (imported for their registrations), so :func:`rebuild` finds any name a
+model file gives. :func:`create_model` (timm's, with clear errors and the build recorded) lives in
+:mod:`csc_cli.registry`, below both, and is re-exported here.
+"""
 
 from __future__ import annotations
 
-import difflib
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
+# imported for their timm registrations too (ctrl_dcgan32, ctrl_resnet): rebuild() finds them by name
+from .autoencoders import build_autoencoder, is_autoencoder
 from .card import ALLOWED_MODEL_KWARGS, Edit, ModelCard
 from .convert import convert
+from .registry import create_model
 from .surgery import apply_edit, card_of, edit_model, to_csc_edit
 
 __all__ = ["create_model", "build_model", "rebuild", "model_spec", "resolve_arch", "ALLOWED_MODEL_KWARGS",
            "CifarResNet", "build_autoencoder", "is_autoencoder"]
-
-
-def _suggest(name: str, names: List[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
-def create_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(arch, **kwargs)`` with clear errors, recording how it was built
-    (``model.csc_card``) so that :func:`csc_cli.save` can write a self-describing file."""
-    import timm
-
-    unknown = set(kwargs) - set(ALLOWED_MODEL_KWARGS)
-    if unknown:
-        raise ValueError(f"unsupported model argument(s) {sorted(unknown)}; allowed: {sorted(ALLOWED_MODEL_KWARGS)}")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if not timm.is_model(arch):
-        raise ValueError(f"unknown architecture {arch!r}{_suggest(arch, timm.list_models())}")
-    if "num_classes" in kwargs and int(kwargs["num_classes"]) < 0:
-        raise ValueError(f"num_classes must be >= 0, got {kwargs['num_classes']}")
-    try:
-        model = timm.create_model(arch, pretrained=pretrained, **kwargs)
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
-        if pretrained:
-            raise RuntimeError(
-                f"could not get pretrained weights for {arch!r} ({type(exc).__name__}: {exc}); "
-                "without a network, download them elsewhere and pass --weights FILE"
-            ) from exc
-        raise
-    # an autoencoder's class says so (csc_task): the card, and so the file, records the task
-    model.csc_card = ModelCard(arch=arch, model_kwargs=dict(kwargs), task=getattr(model, "csc_task", "classifier"))
-    return model
 
 
 def rebuild(card: ModelCard) -> nn.Module:
@@ -253,8 +227,3 @@ def build_model(arch: str, num_classes: Optional[int] = None, *, csc: str = "ste
                         "padding": [1, 1], "dilation": [1, 1], "groups": 1, "bias": False, "padding_mode": "zeros"}
             edit_model(model, Edit("new_csc", "maxpool", [], "CSCConv2d", geometry, dict(csc_options)))
     return model
-
-
-# ----------------------------------------------------------------------------- CTRL autoencoders
-# imported for its timm registrations (ctrl_dcgan32, ctrl_resnet): rebuild() finds them by name
-from .autoencoders import build_autoencoder, is_autoencoder  # noqa: E402

@@ -3,9 +3,11 @@
 :func:`csc_cli.convert` makes it (:func:`edit_model`, which also logs it in the model's card) and
 when :func:`csc_cli.load` replays a file's edit log (:func:`csc_cli.models.rebuild`).
 
-Also here: what counts as a convolution (:func:`conv_kind`, :func:`find_convs`), the weight a
-conv applies (:func:`applied_weight`), the one conv -> CSC constructor (:func:`csc_layer_for`),
-the model's card (:func:`card_of`) and its input normalisation (:func:`set_input_normalization`).
+Also here: finding a model's convolutions (:func:`find_convs`), the model's card (:func:`card_of`)
+and its input normalisation (:func:`set_input_normalization`). What counts as a convolution
+(:func:`~csc_cli.layers.conv_kind`) and the one conv -> CSC constructor
+(:func:`~csc_cli.layers.csc_layer_for`) belong to :mod:`csc_cli.layers` (``CSCConv2d.from_conv`` is
+that constructor); they are re-exported here for the surgery code that uses them.
 """
 
 from __future__ import annotations
@@ -14,59 +16,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .card import CardError, DataContract, Edit, ModelCard
-from .layers import CSC_OPTION_DEFAULTS, LAYER_CLASSES, CSCConvNd, csc_class_for
+from .layers import (LAYER_CLASSES, CSCConvNd, applied_weight, conv_geometry, conv_kind, convertible,
+                     csc_class_for, csc_layer_for)
 
 __all__ = ["apply_edit", "edit_model", "card_of", "conv_kind", "find_convs", "applied_weight", "csc_layer_for",
            "conv_geometry", "replace_module", "sync_card", "set_input_normalization", "InputNormalization"]
 
 
 # ----------------------------------------------------------------------------- discovery
-def _timm_classes() -> Dict[str, type]:
-    try:
-        from timm import layers as tl
-    except ImportError:  # pragma: no cover - timm is a core dependency
-        return {}
-    names = ["Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame", "CondConv2d"]
-    return {n: getattr(tl, n) for n in names if hasattr(tl, n)}
-
-
-def conv_kind(module: nn.Module) -> Optional[str]:
-    """How ``module`` is understood: 'conv', 'conv_t' (a transposed conv: sparse deconvolution),
-    'same', 'std', 'std_same', 'csc', a skip reason prefixed with '!', or None when it is not a
-    convolution at all."""
-    timm = _timm_classes()
-    if isinstance(module, CSCConvNd):
-        return "csc"
-    if "CondConv2d" in timm and isinstance(module, timm["CondConv2d"]):
-        return "!per-sample (conditionally parameterised) kernels are not a fixed dictionary"
-    if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-        return "!3-D convolutions are not supported (1-D and 2-D convolutions and transposed convolutions only)"
-    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
-        return "!lazy convolution with uninitialised weights: run one forward first"
-    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
-        cls = type(module)
-        if cls.forward is not nn.ConvTranspose1d.forward and cls.forward is not nn.ConvTranspose2d.forward:
-            return f"!{cls.__name__} has its own forward with unknown semantics"
-        return "conv_t"
-    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return None
-    cls = type(module)
-    for name, kind in (("StdConv2dSame", "std_same"), ("ScaledStdConv2dSame", "std_same"),
-                       ("StdConv2d", "std"), ("ScaledStdConv2d", "std"), ("Conv2dSame", "same")):
-        if name in timm and cls is timm[name]:
-            return kind
-    if cls.forward is not nn.Conv1d.forward and cls.forward is not nn.Conv2d.forward:
-        return f"!{cls.__name__} has its own forward with unknown semantics"
-    return "conv"
-
-
-def convertible(kind: Optional[str]) -> bool:
-    return kind is not None and not kind.startswith("!") and kind != "csc"
-
-
 def find_convs(model: nn.Module) -> List[Tuple[str, nn.Module, str, List[str]]]:
     """``(name, module, kind, aliases)`` for every convolution-like module, in registration order.
     A module registered under several names (shared weights) appears once, with its other names."""
@@ -89,82 +48,6 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
-
-
-# ----------------------------------------------------------------------------- conv -> CSC
-@torch.no_grad()
-def applied_weight(module: nn.Module, kind: str) -> torch.Tensor:
-    """The weight the conv actually applies: for weight-standardised convs, the standardised one."""
-    if kind in ("std", "std_same"):
-        scale = None
-        if hasattr(module, "gain") and hasattr(module, "scale"):
-            scale = (module.gain * module.scale).reshape(-1)
-        return F.batch_norm(
-            module.weight.reshape(1, module.out_channels, -1), None, None, weight=scale,
-            training=True, momentum=0.0, eps=module.eps,
-        ).reshape_as(module.weight)
-    return module.weight.detach()
-
-
-def conv_geometry(module: nn.Module, kind: str) -> Dict[str, Any]:
-    """The geometry record (see :meth:`CSCConvNd.geometry_record`) a conv converts to (a
-    transposed conv's has its ``output_padding`` too)."""
-    if kind == "conv_t":
-        return {
-            "in_channels": module.in_channels,
-            "out_channels": module.out_channels,
-            "kernel_size": list(module.kernel_size),
-            "stride": list(module.stride),
-            "padding": list(module.padding),
-            "dilation": list(module.dilation),
-            "groups": module.groups,
-            "bias": module.bias is not None,
-            "padding_mode": module.padding_mode,
-            "output_padding": list(module.output_padding),
-        }
-    tf_same = kind == "same" or (kind == "std_same" and getattr(module, "same_pad", False))
-    return {
-        "in_channels": module.in_channels,
-        "out_channels": module.out_channels,
-        "kernel_size": list(module.kernel_size),
-        "stride": list(module.stride),
-        "padding": "tf_same" if tf_same else (module.padding if isinstance(module.padding, str)
-                                               else list(module.padding)),
-        "dilation": list(module.dilation),
-        "groups": module.groups,
-        "bias": module.bias is not None,
-        "padding_mode": module.padding_mode,
-    }
-
-
-def _check_options(options: Dict[str, Any]) -> None:
-    unknown = set(options) - set(CSC_OPTION_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown CSC option(s) {sorted(unknown)}; valid: {sorted(CSC_OPTION_DEFAULTS)}")
-
-
-def csc_layer_for(module: nn.Module, kind: Optional[str] = None, **options: Any) -> CSCConvNd:
-    """A CSC layer with ``module``'s geometry, dtype, device, memory format, training flag and
-    ``requires_grad``, whose dictionary is the weight ``module`` applies (and bias its bias)."""
-    kind = kind or conv_kind(module)
-    if not convertible(kind):
-        raise ValueError(f"{type(module).__name__} cannot become a CSC layer: {kind or 'not a convolution'}")
-    _check_options(options)
-    cls = csc_class_for(module)
-    weight = module.weight  # a transposed conv's weight is its dictionary as is: same shape
-    layer = cls.from_record(conv_geometry(module, kind), options, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        layer.weight.copy_(applied_weight(module, kind))
-        if module.bias is not None:
-            layer.bias.copy_(module.bias)
-    if weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-        layer.to(memory_format=torch.channels_last)
-    layer.weight.requires_grad_(weight.requires_grad)
-    if module.bias is not None:
-        layer.bias.requires_grad_(module.bias.requires_grad)
-    layer.train(module.training)
-    layer._forget_step_size()
-    return layer
 
 
 # ----------------------------------------------------------------------------- the card on a model

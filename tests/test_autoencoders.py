@@ -284,3 +284,28 @@ def test_layout_names_what_csc_all_edits():
     assert layout["unnormalized"] == ["encoder.conv1"]
     assert layout["activations"] == ["encoder.act1", "encoder.act2", "encoder.act3", "decoder.act1", "decoder.act2",
                                      "decoder.act3"]
+
+
+@pytest.mark.parametrize("csc", ["all", "none"])
+def test_an_untrained_autoencoder_is_recognised_and_refused(csc, tmp_path):
+    """A freshly built CSC-CTRL model's eval features are zero (BatchNorm's initial running variance);
+    its BatchNorm layers are the untrained ones, check_trained refuses it in one line that says what
+    to do, and a model whose BatchNorm layers have seen data passes -- also once saved and loaded."""
+    from csc_cli.autoencoders import check_trained, untrained_norms
+
+    torch.manual_seed(0)
+    model = build_autoencoder("ctrl_dcgan32", in_chans=1, feature_dim=8, csc=csc)
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert untrained_norms(model) == norms and norms
+    x = images(8, 1, 32)
+    if csc == "all":
+        assert torch.count_nonzero(model.eval().encode(x)) == 0  # the degenerate state being refused
+    path = csc_cli.save(model, tmp_path / "fresh.safetensors", dataset="digits")
+    with pytest.raises(ValueError, match=r"untrained autoencoder.*csc train digits --init") as info:
+        check_trained(csc_cli.load(path), str(path))
+    assert "\n" not in str(info.value)
+    calibrate(model, x)  # a training forward: BatchNorm has seen data (exactly x's statistics)
+    assert untrained_norms(model) == []
+    check_trained(model.eval(), "trained")
+    assert torch.count_nonzero(model.encode(x)) > 0
+    check_trained(csc_cli.load(csc_cli.save(model, tmp_path / "seen.safetensors")), "seen")

@@ -390,7 +390,7 @@ def test_atom_bank_has_one_unit_atom_per_code_channel_for_convs_and_transposed_c
     """inspect reads atoms through atom_bank: for a conv it is the unit-norm weight; for a transposed
     conv (weight (C_in, C_out/g, k, k)) atom (g, m) is the g-th input block of column m."""
     from csc_cli import CSCConvTranspose2d
-    from csc_cli.jobs.inspect import layer_card
+    from csc_cli.jobs.classifier.inspect import layer_card
 
     conv = CSCConv2d(4, 6, 3, groups=2)
     assert torch.equal(conv.atom_bank(), conv.atoms) and torch.equal(conv.atom_bank(normalized=False), conv.weight)

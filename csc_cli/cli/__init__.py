@@ -23,11 +23,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: user errors become one line and exit code 1; ``--debug`` shows the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if not args:  # bare `csc`: the help, as a successful answer (not a "missing command" error)
+        args = ["--help"]
     try:
         result = app(args=args, prog_name="csc", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)

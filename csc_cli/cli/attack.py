@@ -7,47 +7,72 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..choices import ATTACK_PRESET_HELP, ATTACKS, GRADIENT_MODES, RULE_MODES
+from ..choices import ATTACKS, GRADIENT_MODES, RULE_MODES
 from . import render
-from .app import app
-from .options import (AttackPreset, DataDir, Device, EvalDataset, LamLayers, LamPolicy, LamScale, ModelFile,
-                      Seed, grid, names)
+from .app import SDNET_DIGITS, command
+from .options import (DATA_PANEL, LAMBDA_PANEL, AttackPreset, DataDir, Device, EvalDataset, LamLayers, LamPolicy,
+                      LamScale, ModelFile, Seed, grid, names)
 from .progress import run_and_show
 
 
-@app.command()
+THREAT, ATTACKS_PANEL, CHECKS = "Threat model", "Attacks", "Sanity checks"
+
+
+@command(example=[
+    ("csc train's SDNet under l_inf attacks at 8/255, 100 test images:", f"csc attack {SDNET_DIGITS}"),
+    ("A first look in minutes: FGSM and PGD-10 through the unrolled gradient:",
+     f"csc attack {SDNET_DIGITS} --preset quick"),
+    ("A raised test-time lambda as a defence, the plain ResNet as the baseline:",
+     f"csc attack {SDNET_DIGITS} --lambda 0.4 --baseline runs/digits-resnet20_cifar-none/model.safetensors"),
+])
 def attack(
     ctx: typer.Context,
     model: ModelFile,
     dataset: EvalDataset = None,
-    data_dir: DataDir = None,
-    eps: Annotated[str, typer.Option(help="Perturbation budget in pixel units of [0, 1] images, e.g. 8/255 or 0.5.")] = "8/255",
-    norm: Annotated[str, typer.Option(help="Threat model (case-insensitive).", metavar="<Linf|L2>")] = "Linf",
-    n: Annotated[int, typer.Option("--n", help="Number of test examples (a fixed, seeded subset).")] = 100,
+    preset: Annotated[Optional[AttackPreset], typer.Option(help="Named defaults; flags given win.")] = None,
     batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 100,
-    attacks: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(ATTACKS)}.")] = "fgsm,pgd,apgd-ce,apgd-dlr,square",
-    steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
-    alpha: Annotated[Optional[float], typer.Option(help="PGD step size (default 2.5 * eps / steps).")] = None,
-    restarts: Annotated[int, typer.Option(help="PGD random restarts.")] = 1,
+    save_examples: Annotated[Optional[Path], typer.Option(help="PNG: clean / adversarial / perturbation.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result (every setting, seed, version) as "
+                                                         "JSON.")] = False,
+    data_dir: DataDir = None,
+    n: Annotated[int, typer.Option("--n", help="Test images (a fixed, seeded subset).",
+                                   rich_help_panel=DATA_PANEL)] = 100,
+    eps: Annotated[str, typer.Option(help="Budget in pixel units of [0, 1] images.", rich_help_panel=THREAT)] = "8/255",
+    norm: Annotated[str, typer.Option(help="Threat model (case-insensitive).", metavar="<Linf|L2>",
+                                      rich_help_panel=THREAT)] = "Linf",
+    attacks: Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(ATTACKS)}.",
+                                         rich_help_panel=ATTACKS_PANEL)] = "fgsm,pgd,apgd-ce,apgd-dlr,square",
+    steps: Annotated[int, typer.Option(help="PGD steps.", rich_help_panel=ATTACKS_PANEL)] = 20,
+    alpha: Annotated[Optional[float], typer.Option(help="PGD step size.", show_default="2.5 * eps / steps",
+                                                   rich_help_panel=ATTACKS_PANEL)] = None,
+    restarts: Annotated[int, typer.Option(help="PGD random restarts.", rich_help_panel=ATTACKS_PANEL)] = 1,
     modes: Annotated[Optional[str], typer.Option(
-        help=f"Gradient modes, comma-separated (default: all that apply): {', '.join(GRADIENT_MODES + RULE_MODES)}.")] = None,
+        help=f"Gradient modes: {', '.join(GRADIENT_MODES + RULE_MODES)}.", show_default="all that apply",
+        rich_help_panel=ATTACKS_PANEL)] = None,
+    square_queries: Annotated[int, typer.Option(help="Square attack queries (AutoAttack's).",
+                                                rich_help_panel=ATTACKS_PANEL)] = 5000,
     lam: LamPolicy = None,
     lambda_scale: LamScale = None,
     lambda_layers: LamLayers = "first",
-    lambda_sweep: Annotated[Optional[str], typer.Option(help="Robust accuracy vs lambda, e.g. 0.1:0.7:0.2.")] = None,
-    square_queries: Annotated[int, typer.Option(help="Square attack queries (AutoAttack's standard: 5000).")] = 5000,
-    sanity: Annotated[bool, typer.Option("--sanity/--no-sanity", help="Run the sanity checks.")] = True,
-    baseline: Annotated[Optional[str], typer.Option(help="An undefended model for the 'base model falls to 0' check.")] = None,
-    save_examples: Annotated[Optional[Path], typer.Option(help="PNG grid of clean / adversarial / perturbation.")] = None,
-    preset: Annotated[Optional[AttackPreset], typer.Option(help=ATTACK_PRESET_HELP + ". Flags given win.")] = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result (every hyperparameter, seed and version) "
-                                                         "as JSON.")] = False,
+    lambda_sweep: Annotated[Optional[str], typer.Option(help="Robust accuracy vs lambda, e.g. 0.1:0.7:0.2.",
+                                                        rich_help_panel=LAMBDA_PANEL)] = None,
+    sanity: Annotated[bool, typer.Option("--sanity/--no-sanity", help="Run the sanity checks.",
+                                         rich_help_panel=CHECKS)] = True,
+    baseline: Annotated[Optional[str], typer.Option(help="An undefended model: it must fall to 0.",
+                                                    rich_help_panel=CHECKS)] = None,
 ) -> None:
-    """Adversarial robustness a reviewer would accept: FGSM, PGD, APGD, Square, AutoAttack, through
-    every gradient mode that defeats masking in a CSC model, with sanity checks and intervals. The
-    expected cost is printed before the run starts."""
+    """Measure adversarial robustness, checked against gradient masking.
+
+    FGSM, PGD, APGD-CE, APGD-DLR, Square and AutoAttack, through every gradient mode that defeats
+    masking in a CSC model (--modes), with sanity checks and confidence intervals; the expected
+    cost is printed before the run starts. --eps is 8/255 or 0.5 style, --norm Linf or L2.
+
+    --preset quick: FGSM + PGD-10 through the unrolled gradient only, with the sanity checks --
+    minutes instead of hours, a first look and not a robustness claim. --lambda, --lambda-scale and
+    --lambda-layers mean the same as in csc eval; --lambda auto attacks through the model's rule.
+    """
     from ..jobs.attack import AttackConfig, run_attack
     from ..robust.attacks import parse_eps
 

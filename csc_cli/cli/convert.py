@@ -10,40 +10,72 @@ import typer
 from rich.table import Table
 
 from ..choices import DATASET_HELP
-from .app import app, console, err_console
-from .options import BACKWARD_HELP, Backward, Json, Method, Units
+from .app import SDNET_DIGITS, command, console, err_console
+from .options import Backward, Json, Method, Units
 
 
-@app.command()
+SOURCE, SELECT, LAYERS, CHECK = "Source", "Which convolutions", "CSC layers", "Check on data"
+
+
+@command(example=[
+    ("The plan: every conv, what happens to it and why:", "csc convert timm:resnet18 --dry-run"),
+    ("SDNet's way: the stem only, for 10 classes:",
+     "csc convert timm:resnet18 --layers stem --num-classes 10 --out sdnet_stem.safetensors"),
+    ("A model file is a source too: csc train's SDNet, every conv of its last stage:",
+     f"csc convert {SDNET_DIGITS} --layers 'layer3.*' --out more.safetensors"),
+])
 def convert(
     source: str = typer.Argument(..., help="timm:NAME (e.g. timm:resnet18) or a csc model file."),
-    layers: Optional[List[str]] = typer.Option(None, "--layers", help="all, stem, or a glob on module names (repeatable). Default: all."),
-    include: Optional[List[str]] = typer.Option(None, "--include", help="Only convs matching this glob (repeatable)."),
-    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Skip convs matching this glob (repeatable)."),
-    kernel_size: Optional[List[int]] = typer.Option(None, "--kernel-size", help="Only convs with this kernel size (repeatable)."),
-    depthwise: Optional[bool] = typer.Option(None, "--depthwise/--no-depthwise", help="Only / no depthwise convs."),
-    lam: Optional[float] = typer.Option(None, "--lambda", "--lam", help="Sparsity weight (default 0.1)."),
-    steps: Optional[int] = typer.Option(None, help="Unrolled FISTA steps K (default 2)."),
-    nonneg: Optional[bool] = typer.Option(None, "--nonneg/--signed", help="Non-negative codes (default) or signed."),
-    mu: Optional[float] = typer.Option(None, help="Elastic-net weight (default 0)."),
-    method: Optional[Method] = typer.Option(None, help="Solver steps (default fista; heavy_ball: the SDNet authors' K >= 3 update)."),
-    backward: Optional[Backward] = typer.Option(None, help=BACKWARD_HELP + " Default: unrolled."),
-    units: Units = typer.Option("conv", help="conv: each CSC layer answers in its conv's units (code x ||atom|| / t), "
-                                "so what follows keeps its scale -- one signed step at lambda 0 is the conv itself; "
-                                "code: the bare sparse code, as SDNet's layers."),
-    num_classes: Optional[int] = typer.Option(None, help="Classifier size of the model built."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Start from timm's pretrained weights (needs a network)."),
-    weights: Optional[Path] = typer.Option(None, help="Local weights: .safetensors or a torch checkpoint (read with weights_only)."),
-    calibrate_bn: int = typer.Option(0, help="Re-estimate BatchNorm statistics on this many images of --data."),
-    data: Optional[str] = typer.Option(None, help=f"Dataset for BN calibration and the comparison: {DATASET_HELP}."),
-    data_dir: Optional[Path] = typer.Option(None, help="Where the dataset lives."),
-    compare_images: int = typer.Option(64, help="Images on which converted and original outputs are compared."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change and write nothing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the converted model here (.safetensors)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change and write nothing."),
+    num_classes: Optional[int] = typer.Option(None, help="Classifier size of the model built.",
+                                              rich_help_panel=SOURCE),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights (needs a network).",
+                                    rich_help_panel=SOURCE),
+    weights: Optional[Path] = typer.Option(None, help="Local weights: .safetensors or a torch checkpoint.",
+                                           rich_help_panel=SOURCE),
+    layers: Optional[List[str]] = typer.Option(None, "--layers", help="all, stem or a glob on module names.",
+                                               show_default="all", rich_help_panel=SELECT),
+    include: Optional[List[str]] = typer.Option(None, "--include", help="Only convs matching this glob.",
+                                                rich_help_panel=SELECT),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Skip convs matching this glob.",
+                                                rich_help_panel=SELECT),
+    kernel_size: Optional[List[int]] = typer.Option(None, "--kernel-size", help="Only convs of this kernel size.",
+                                                    rich_help_panel=SELECT),
+    depthwise: Optional[bool] = typer.Option(None, "--depthwise/--no-depthwise", help="Only / no depthwise convs.",
+                                             rich_help_panel=SELECT),
+    lam: Optional[float] = typer.Option(None, "--lambda", "--lam", help="Sparsity weight lambda.", show_default="0.1",
+                                        rich_help_panel=LAYERS),
+    steps: Optional[int] = typer.Option(None, help="Unrolled FISTA steps K.", show_default="2",
+                                        rich_help_panel=LAYERS),
+    nonneg: Optional[bool] = typer.Option(None, "--nonneg/--signed", help="Non-negative or signed codes.",
+                                          show_default="nonneg", rich_help_panel=LAYERS),
+    mu: Optional[float] = typer.Option(None, help="Elastic-net weight.", show_default="0", rich_help_panel=LAYERS),
+    method: Optional[Method] = typer.Option(None, help="Solver (heavy_ball: SDNet's K >= 3 update).",
+                                            show_default="fista", rich_help_panel=LAYERS),
+    backward: Optional[Backward] = typer.Option(None, help="Gradient of the K steps.", show_default="unrolled",
+                                                rich_help_panel=LAYERS),
+    units: Units = typer.Option("conv", help="Output in the conv's units, or the bare code.",
+                                rich_help_panel=LAYERS),
+    data: Optional[str] = typer.Option(None, help=f"{DATASET_HELP}.", rich_help_panel=CHECK),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the dataset lives.", rich_help_panel=CHECK),
+    calibrate_bn: int = typer.Option(0, help="Re-estimate BatchNorm on N images of --data.",
+                                     rich_help_panel=CHECK),
+    compare_images: int = typer.Option(64, help="Images to compare the outputs on.", rich_help_panel=CHECK),
     as_json: Json = False,
 ) -> None:
-    """Turn a ConvNet's convolutions into CSC layers (the conv weights become the dictionaries),
-    report what was converted and skipped, how far the outputs moved, and save a model file."""
+    """Turn a ConvNet's convolutions into CSC layers.
+
+    The conv weights become the dictionaries. The report gives every conv's fate and the reason,
+    how far the outputs moved (on --data, or seeded noise) and the share of non-zero codes per
+    layer; --out saves the model file. --layers, --include, --exclude and --kernel-size can be
+    given more than once. Without --pretrained or --weights a timm: source has random weights.
+
+    --units conv: each CSC layer answers in its conv's units (code x ||atom|| / t), so what
+    follows keeps its scale -- one signed step at lambda 0 is the conv itself; code: the bare
+    sparse code, as SDNet's layers. --backward: unrolled (autograd through the K steps), implicit
+    (at the fixed point: memory independent of K) or recompute (unrolled, recomputed in backward).
+    """
     from ..jobs.convert import ConvertConfig, run_convert
 
     options = {k: v for k, v in dict(lam=lam, steps=steps, nonneg=nonneg, mu=mu, method=method,

@@ -1,6 +1,6 @@
 """``csc eval``: clean accuracy, corruptions, test-time lambda; for an autoencoder model file (its card
 says ``task == 'autoencoder'``) reconstruction, features and the encoder's lambda as a denoiser
-(:mod:`csc_cli.jobs.ae_eval`)."""
+(:mod:`csc_cli.jobs.autoencoder.evaluate`)."""
 
 from __future__ import annotations
 
@@ -11,65 +11,90 @@ import typer
 
 from ..choices import CORRUPTION_GROUPS
 from . import render
-from .app import app
-from .options import (Amp, DataDir, Device, EvalDataset, Json, LamLayers, LamPolicy, LamScale, ModelFile, RuleName,
-                      Seed, floats, grid, names)
+from .app import CTRL_DIGITS, SDNET_DIGITS, command
+from .options import (DATA_PANEL, LAMBDA_PANEL, Amp, DataDir, Device, EvalDataset, Json, LamLayers, LamPolicy,
+                      LamScale, ModelFile, RuleName, Seed, floats, grid, names)
 from .progress import run_and_show
 
 
-@app.command("eval")
+CORRUPT, CALIBRATE, AUTOENCODERS = "Corruptions", "Calibrating lambda", "Autoencoders"
+
+
+@command("eval", example=[
+    ("Accuracy of csc train's SDNet on its test set (top-1, top-5, per class):", f"csc eval {SDNET_DIGITS}"),
+    ("The noise corruptions, and the best test-time lambda at each level:",
+     f"csc eval {SDNET_DIGITS} -c noise --lambda-sweep 0.1:1.4:0.1 --plots figs"),
+    ("A CSC-CTRL autoencoder: reconstruction, features, lambda as a denoiser:", f"csc eval {CTRL_DIGITS}"),
+])
 def eval_(
     model: ModelFile,
     dataset: EvalDataset = None,
-    data_dir: DataDir = None,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
-    max_images: Annotated[Optional[int], typer.Option(help="A seeded subset of the test split.")] = None,
     device: Device = "auto",
     amp: Annotated[Amp, typer.Option(help="Autocast for evaluation.")] = "none",
-    corruptions: Annotated[Optional[List[str]], typer.Option(
-        "--corruptions", "-c", help=f"Corruption names, or {' / '.join(CORRUPTION_GROUPS)} (repeatable, "
-                                    "comma-separated); see the README for the 19 names.")] = None,
-    severities: Annotated[str, typer.Option(help="Severities to evaluate (1-5).")] = "1,2,3,4,5",
-    corruption_dir: Annotated[Optional[str], typer.Option(
-        help="Read CIFAR-10-C/100-C .npy or ImageNet-C folders instead of generating.")] = None,
-    baseline: Annotated[Optional[str], typer.Option(help="A model file to compute mCE and relative mCE against.")] = None,
-    lam: LamPolicy = None,
-    lambda_scale: LamScale = None,
-    lambda_layers: LamLayers = "first",
-    lambda_sweep: Annotated[Optional[str], typer.Option(
-        help="Lambdas for the first CSC layer, e.g. 0.1:1.4:0.1 (reports the oracle).")] = None,
-    calibrate_lambda: Annotated[bool, typer.Option(
-        "--calibrate-lambda", help="Fit the label-free lambda rules on corrupted training images and store "
-                                   "one (--rule) in a new model file.")] = False,
-    rule: Annotated[RuleName, typer.Option(
-        help="The rule --calibrate-lambda stores: best (highest accuracy on held-out corrupted training "
-             "images), residual (a*r(x)+b), sigma (a*sigma(x)+b, MAD noise estimate), sigma_table "
-             "(monotone in sigma(x)) or discrepancy (residual matched to the noise energy).")] = "best",
-    calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate.")] = 512,
-    calibration_corruptions: Annotated[str, typer.Option(help="Corruptions used to calibrate.")] = "gaussian_noise",
-    out: Annotated[Optional[str], typer.Option(
-        help="Write the calibrated model here (default: MODEL's name + .calibrated.safetensors).")] = None,
-    in_place: Annotated[bool, typer.Option(
-        "--in-place", help="Store the calibrated rule in MODEL itself instead of a new file.")] = False,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Write every accuracy as CSV rows here.")] = None,
     plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
     seed: Seed = 0,
     as_json: Json = False,
+    data_dir: DataDir = None,
+    max_images: Annotated[Optional[int], typer.Option(help="A seeded subset of the test split.",
+                                                      rich_help_panel=DATA_PANEL)] = None,
+    corruptions: Annotated[Optional[List[str]], typer.Option(
+        "--corruptions", "-c", help=f"Names, or {' / '.join(CORRUPTION_GROUPS)}.", rich_help_panel=CORRUPT)] = None,
+    severities: Annotated[str, typer.Option(help="Severities to evaluate (1-5).",
+                                            rich_help_panel=CORRUPT)] = "1,2,3,4,5",
+    corruption_dir: Annotated[Optional[str], typer.Option(
+        help="Read CIFAR-10-C/100-C .npy or ImageNet-C folders.", rich_help_panel=CORRUPT)] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="A model file for mCE and relative mCE.",
+                                                    rich_help_panel=CORRUPT)] = None,
+    lam: LamPolicy = None,
+    lambda_scale: LamScale = None,
+    lambda_layers: LamLayers = "first",
+    lambda_sweep: Annotated[Optional[str], typer.Option(
+        help="First-layer lambdas, e.g. 0.1:1.4:0.1 (the oracle).", rich_help_panel=LAMBDA_PANEL)] = None,
+    calibrate_lambda: Annotated[bool, typer.Option(
+        "--calibrate-lambda", help="Fit the label-free rules, store one (--rule).",
+        rich_help_panel=CALIBRATE)] = False,
+    rule: Annotated[RuleName, typer.Option(help="The rule stored.", rich_help_panel=CALIBRATE)] = "best",
+    calibration_images: Annotated[int, typer.Option(help="Training images used to calibrate.",
+                                                    rich_help_panel=CALIBRATE)] = 512,
+    calibration_corruptions: Annotated[str, typer.Option(help="Corruptions used to calibrate.",
+                                                         rich_help_panel=CALIBRATE)] = "gaussian_noise",
+    out: Annotated[Optional[str], typer.Option(
+        help="Write the calibrated model here.", show_default="MODEL.calibrated.safetensors",
+        rich_help_panel=CALIBRATE)] = None,
+    in_place: Annotated[bool, typer.Option(
+        "--in-place", help="Store the rule in MODEL itself instead.", rich_help_panel=CALIBRATE)] = False,
     noise: Annotated[Optional[float], typer.Option(
-        help="Autoencoders: sigma of the Gaussian noise for the lambda sweep (default 0.1).")] = None,
+        help="Sigma of the Gaussian noise of the lambda sweep.", show_default="0.1",
+        rich_help_panel=AUTOENCODERS)] = None,
     lambda_grid: Annotated[Optional[str], typer.Option(
-        help="Autoencoders: lambdas for every encoder CSC layer, e.g. 0.05,0.1,0.2,0.4 (the default) or "
-             "0.1:1.4:0.1.")] = None,
+        help="Lambdas for every encoder CSC layer.", show_default="0.05,0.1,0.2,0.4",
+        rich_help_panel=AUTOENCODERS)] = None,
     fid_weights: Annotated[Optional[Path], typer.Option(
-        help="Autoencoders: an Inception-v3 state dict (safetensors or torch file) for FID of the "
-             "reconstructions.")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", help="Autoencoders: a seeded subset of the test split.")] = None,
+        help="Inception-v3 weights (local file) for FID.", rich_help_panel=AUTOENCODERS)] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="A seeded subset of the test split.",
+                                             rich_help_panel=AUTOENCODERS)] = None,
     data: Annotated[Optional[str], typer.Option(
-        "--data", help="Autoencoders: evaluate on another dataset (a transfer; gray <-> RGB converted).")] = None,
+        "--data", help="Evaluate on another dataset (a transfer).", rich_help_panel=AUTOENCODERS)] = None,
 ) -> None:
-    """Evaluate a model: clean accuracy, corruption robustness, test-time lambda (as trained,
-    oracle, auto). For an autoencoder: reconstruction MSE / PSNR / SSIM, nearest-subspace accuracy
-    and rate reduction of the features, a lambda sweep on noisy inputs, FID with --fid-weights."""
+    """Evaluate a model: accuracy, corruptions, test-time lambda.
+
+    A classifier: clean accuracy, corruption robustness (--corruptions: names or groups, repeatable
+    or comma-separated; the 19 names are in the README) and the test-time lambda as trained, the
+    oracle of a --lambda-sweep, or auto. --lambda, --lambda-scale and --lambda-layers mean the same
+    in csc eval and csc attack: auto (the model's calibrated rule), a number (the first CSC layer)
+    or layer=value,...; the scale multiplies the trained lambda of the first (or every) CSC layer.
+
+    --calibrate-lambda fits the label-free lambda rules on corrupted training images and writes one
+    into a new model file (or MODEL with --in-place): best (highest accuracy on held-out corrupted
+    training images), residual (a*r(x)+b), sigma (a*sigma(x)+b, MAD noise estimate), sigma_table
+    (monotone in sigma(x)) or discrepancy (the residual matched to the noise energy).
+
+    An autoencoder (its card says so; its options are under Autoencoders): reconstruction MSE /
+    PSNR / SSIM, nearest-subspace accuracy and rate reduction of the features, a lambda sweep on
+    noisy inputs, FID with --fid-weights; --data evaluates on another dataset (gray <-> RGB).
+    """
     from ..checkpoint import read_card
 
     if read_card(model).task == "autoencoder":
@@ -98,7 +123,7 @@ def eval_(
                                       ("--n", n), ("--data", data)) if value is not None]
     if given:
         raise typer.BadParameter(f"{', '.join(given)}: autoencoder options; {model} is a classifier")
-    from ..jobs.evaluate import EvalConfig, run_eval
+    from ..jobs.classifier.evaluate import EvalConfig, run_eval
 
     sev = [int(v) for v in floats(severities)] if severities else [1, 2, 3, 4, 5]
     config = EvalConfig(model=str(model), dataset=dataset, data_dir=data_dir, batch_size=batch_size,
@@ -115,7 +140,7 @@ def eval_(
 def _ae_eval(model: Path, data: Optional[str], data_dir: Optional[str], n: Optional[int], noise: Optional[float],
              lambda_grid: Optional[str], fid_weights: Optional[Path], batch_size: int, device: str,
              csv: Optional[Path], seed: int, as_json: bool, calibration: dict) -> None:
-    from ..jobs.ae_eval import AEEvalConfig, run_ae_eval
+    from ..jobs.autoencoder.evaluate import AEEvalConfig, run_ae_eval
     from .render_ae import ae_evaluate
 
     config = AEEvalConfig(model=str(model), data=data, data_dir=data_dir, n=n, batch_size=batch_size, device=device,

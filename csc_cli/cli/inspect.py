@@ -10,34 +10,53 @@ import typer
 
 from ..choices import DATASET_HELP
 from . import render
-from .app import app, console
-from .options import DataDir, ModelFile, Seed, floats
+from .app import CTRL_DIGITS, SDNET_DIGITS, command, console
+from .options import DATA_PANEL, DataDir, ModelFile, Seed, floats
 
 
-@app.command()
+CLASSIFIERS, AUTOENCODERS = "Classifiers", "Autoencoders"
+
+
+@command(example=[
+    ("csc train's SDNet: card, atoms, codes, reconstructions, convergence:", f"csc inspect {SDNET_DIGITS}"),
+    ("The stem's codes of your own images, as JSON:",
+     f"csc inspect {SDNET_DIGITS} --image cat.png --layer conv1 --json"),
+    ("A CSC-CTRL autoencoder: reconstructions, samples, heatmaps, spectra:",
+     f"csc inspect {CTRL_DIGITS} --out pictures"),
+])
 def inspect(
     model: ModelFile,
     out: Annotated[Path, typer.Option(help="Folder for the PNG files.", file_okay=False)] = Path("inspect"),
-    data: Annotated[Optional[str], typer.Option(
-        help=f"Dataset to draw images from: {DATASET_HELP} (default: the model's).")] = None,
-    data_dir: DataDir = None,
-    images: Annotated[int, typer.Option(help="How many test images to code (autoencoder: how many "
-                                             "reconstructions to show, at most 16).", min=1)] = 64,
-    image: Annotated[Optional[List[Path]], typer.Option("--image", help="Use these image files instead (repeatable).")] = None,
-    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Only these CSC layers (repeatable).")] = None,
-    lambda_scales: Annotated[str, typer.Option(help="Lambda multiples for the sparsity-vs-lambda statistics.")] = "0.5,1,2,4",
-    max_steps: Annotated[int, typer.Option(help="Steps K for the convergence curves.", min=1)] = 50,
     seed: Seed = 0,
-    features: Annotated[int, typer.Option(help="Autoencoders: test features for the |Z^T Z| heatmaps and the "
-                                               "spectra.", min=2)] = 500,
     as_json: Annotated[bool, typer.Option("--json", help="Print every number as JSON.")] = False,
+    data: Annotated[Optional[str], typer.Option(help=f"Images from: {DATASET_HELP}.", show_default="the model's",
+                                                rich_help_panel=DATA_PANEL)] = None,
+    data_dir: DataDir = None,
+    images: Annotated[int, typer.Option(help="Test images to code (autoencoder: shown, <= 16).", min=1,
+                                        rich_help_panel=DATA_PANEL)] = 64,
+    image: Annotated[Optional[List[Path]], typer.Option("--image", help="Use these image files instead.",
+                                                        rich_help_panel=DATA_PANEL)] = None,
+    layer: Annotated[Optional[List[str]], typer.Option("--layer", help="Only these CSC layers.",
+                                                       rich_help_panel=CLASSIFIERS)] = None,
+    lambda_scales: Annotated[str, typer.Option(help="Lambda multiples for sparsity vs lambda.",
+                                               rich_help_panel=CLASSIFIERS)] = "0.5,1,2,4",
+    max_steps: Annotated[int, typer.Option(help="Steps K of the convergence curves.", min=1,
+                                           rich_help_panel=CLASSIFIERS)] = 50,
+    features: Annotated[int, typer.Option(help="Test features for the heatmaps and spectra.", min=2,
+                                          rich_help_panel=AUTOENCODERS)] = 500,
 ) -> None:
-    """See what a sparse model learned: model card, dictionary atoms, sparse codes, reconstructions,
-    layer-by-layer push-back (all-CSC no-shortcut models) and convergence of the K steps. For an
-    autoencoder (CTRL / CSC-CTRL): reconstructions, samples and traversals of each class's principal
-    subspace, |Z^T Z| and |Z^T f(g(Z))| heatmaps, per-class spectra and the atoms of every layer."""
+    """Show what a sparse model learned, as pictures and numbers.
+
+    A classifier: the model card, dictionary atoms, sparse codes, reconstructions, layer-by-layer
+    push-back (all-CSC no-shortcut models) and the convergence of the K steps. --image and --layer
+    can be given more than once.
+
+    An autoencoder (CTRL / CSC-CTRL): reconstructions, samples and traversals of each class's
+    principal subspace, |Z^T Z| and |Z^T f(g(Z))| heatmaps, per-class spectra and the atoms of
+    every layer.
+    """
     from ..checkpoint import read_card
-    from ..jobs.inspect import InspectConfig, run_inspect
+    from ..jobs.classifier.inspect import InspectConfig, run_inspect
 
     if read_card(model).task == "autoencoder":
         given = [flag for flag, value, default in (
@@ -64,7 +83,7 @@ def inspect(
 
 def _ae_inspect(model: Path, out: Path, data_dir: Optional[str], images: int, features: int, seed: int,
                 as_json: bool) -> None:
-    from ..jobs.ae_inspect import AEInspectConfig, run_ae_inspect
+    from ..jobs.autoencoder.inspect import AEInspectConfig, run_ae_inspect
     from .progress import run_and_show
     from .render_ae import ae_inspect
 

@@ -28,25 +28,27 @@ Select = Literal["last", "best"]
 LambdaLayers = Literal["first", "all"]
 AttackPreset = Literal["quick"]
 
-BACKWARD_HELP = ("unrolled (autograd through the K steps), implicit (implicit differentiation of the fixed "
-                 "point: memory independent of K) or recompute (the unrolled gradients, the K steps recomputed "
-                 "in backward: less memory).")
+# the panels two or more commands share (Typer's rich_help_panel); options without one go to "Options"
+DATA_PANEL = "Data"
+LAMBDA_PANEL = "Test-time lambda"
 
 # ----------------------------------------------------------------------------- shared options
 ModelFile = Annotated[Path, typer.Argument(help="A csc model file (.safetensors).", exists=True, dir_okay=False,
                                            show_default=False)]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (progress, if any, on stderr).")]
-DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Where the dataset lives (default: its usual "
-                                                "place, e.g. data/imagenet; folder:PATH names its own).")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when there is one), cpu, cuda, cuda:1 ...")]
-Seed = Annotated[int, typer.Option(help="Random seed: the same seed draws the same subset, corruptions and starts.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (progress on stderr).")]
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Where the dataset lives (default: its usual place).",
+                                                rich_help_panel=DATA_PANEL)]
+Device = Annotated[str, typer.Option(help="auto (CUDA if there is one), cpu, cuda:1 ...")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
 LamPolicy = Annotated[Optional[str], typer.Option(
-    "--lambda", help="Test-time lambda: auto (the model's calibrated rule), a number (first CSC layer) or "
-                     "layer=value,...  Default: as trained.")]
-LamScale = Annotated[Optional[float], typer.Option(help="Multiply the trained lambda by this (see --lambda-layers).")]
-LamLayers = Annotated[LambdaLayers, typer.Option(help="Which layers --lambda-scale scales.")]
+    "--lambda", help="auto, a number (first CSC layer) or layer=value,... Default: as trained.",
+    rich_help_panel=LAMBDA_PANEL)]
+LamScale = Annotated[Optional[float], typer.Option(help="Multiply the trained lambda by this.",
+                                                   rich_help_panel=LAMBDA_PANEL)]
+LamLayers = Annotated[LambdaLayers, typer.Option(help="Which layers --lambda-scale scales.",
+                                                 rich_help_panel=LAMBDA_PANEL)]
 EvalDataset = Annotated[Optional[str], typer.Argument(
-    help=f"{DATASET_HELP}. Default: the dataset the model file names.", show_default=False)]
+    help=f"{DATASET_HELP}. Default: the model file's.", show_default=False)]
 
 
 # ----------------------------------------------------------------------------- parsers

@@ -9,85 +9,97 @@ import typer
 from ..choices import DATASET_HELP
 from ..jobs.train_config import TrainConfig, read_recipe
 from . import render
-from .app import app, console, err_console
-from .options import BACKWARD_HELP, Amp, Augment, Backward, CscMode, CtrlMode, Optimizer, Schedule, Select, floats
+from .app import command, console, err_console
+from .options import Amp, Augment, Backward, CscMode, CtrlMode, Optimizer, Schedule, Select, floats
 from .progress import JobProgress, TrainView
 
 _D = TrainConfig.defaults()
 
+# the panels of `csc train --help`, in this order; "Options" (--recipe, the run, --help) comes first
+DATA, MODEL, CSC, OPTIM, LR, CTRL, HARDWARE = ("Data", "Model", "CSC layers", "Optimisation", "Learning rate",
+                                               "The CTRL game (autoencoders)", "Hardware & reproducibility")
 
-def _opt(*names: str, help: str, default: object = None):
+
+def _opt(*names: str, help: str, panel: Optional[str] = None, default: object = None):
     """An optional flag (None: not given, so a recipe's or resume state's value stands) whose help
     shows the built-in default (that of the field the first name spells, or ``default``)."""
     shown = _D.get(names[0].lstrip("-").split("/")[0].replace("-", "_")) if default is None else default
-    return typer.Option(None, *names, help=help, show_default=str(shown) if shown is not None else False)
+    return typer.Option(None, *names, help=help, show_default=str(shown) if shown is not None else False,
+                        rich_help_panel=panel)
 
 
-@app.command()
+@command(example=[
+    ("SDNet (ResNet-20 with a CSC stem) on the built-in digits, offline:", "csc train"),
+    ("CSC-CTRL on digits (add --csc none for CTRL itself):", "csc train digits --recipe recipes/ctrl_digits.toml"),
+    ("SDNet-18 on CIFAR-10, the paper's recipe:", "csc train --recipe recipes/cifar10_sdnet18.toml --data-dir data"),
+])
 def train(
     dataset: Annotated[Optional[str], typer.Argument(help=f"{DATASET_HELP}.", show_default="digits (offline)")] = None,
-    data_dir: Optional[str] = _opt("--data-dir", help="Where the dataset lives (CIFAR: the extracted batches)."),
-    recipe: Annotated[Optional[Path], typer.Option(help="A TOML recipe (see recipes/): its values replace the defaults "
-                                                    "shown here; flags override both.")] = None,
-    arch: Optional[str] = _opt("--arch", help="resnet18_cifar, resnet34_cifar, resnet20_cifar or any timm ConvNet; on images up "
-                                              "to 64 px resnet18/34 mean the CIFAR layout (timm:resnet18 for timm's); "
-                                              "ctrl_dcgan32 / ctrl_resnet: an autoencoder trained by the CTRL game."),
-    csc: Optional[CscMode] = _opt("--csc", help="stem (SDNet), all (SDNet-All; CSC-CTRL for an autoencoder) or none "
-                                                "(the plain ConvNet; CTRL)."),
-    shortcut: Optional[bool] = _opt("--shortcut/--no-shortcut", help="--no-shortcut: the pure CSC+BN stack (SDNet-All, "
-                                                                     "CIFAR ResNets)."),
-    lam: Optional[float] = _opt("--lambda", "--lam", help="Sparsity weight of the CSC layers.", default=_D["lam"]),
-    steps: Optional[int] = _opt("--steps", help="Unrolled FISTA steps K."),
-    backward: Optional[Backward] = _opt("--backward", help=BACKWARD_HELP),
-    epochs: Optional[int] = _opt("--epochs", help="Training epochs."),
-    batch_size: Optional[int] = _opt("--batch-size", help="Batch size (per process)."),
-    optimizer: Optional[Optimizer] = _opt("--optimizer", help="SGD (Nesterov momentum) or AdamW."),
-    lr: Optional[float] = _opt("--lr", help="Peak learning rate."),
-    momentum: Optional[float] = _opt("--momentum", help="SGD momentum."),
-    nesterov: Optional[bool] = _opt("--nesterov/--no-nesterov", help="Nesterov momentum."),
-    weight_decay: Optional[float] = _opt("--weight-decay", help="Weight decay."),
-    schedule: Optional[Schedule] = _opt("--schedule", help="cosine (per iteration), step (at --milestones) or constant."),
-    milestones: Optional[str] = _opt("--milestones", help="Epochs at which a step schedule decays, e.g. 30,60,90.",
-                     default="none"),
-    warmup_epochs: Optional[float] = _opt("--warmup-epochs", help="Linear warm-up, in epochs."),
-    label_smoothing: Optional[float] = _opt("--label-smoothing", help="Label smoothing."),
-    augment: Optional[Augment] = _opt("--augment", help="auto: crop for digits, crop_flip for CIFAR, imagenet for ImageNet, none otherwise."),
-    ema: Optional[float] = _opt("--ema", help="EMA decay of the weights (0: off)."),
-    clip_grad: Optional[float] = _opt("--clip-grad", help="Gradient norm clipping (0: off)."),
-    amp: Optional[Amp] = _opt("--amp", help="Autocast: bf16 (CPU or CUDA) or fp16 (CUDA)."),
-    channels_last: Optional[bool] = _opt("--channels-last/--no-channels-last", help="channels_last memory format."),
-    compile: Optional[bool] = _opt("--compile/--no-compile", help="torch.compile the model."),
-    seed: Optional[int] = _opt("--seed", help="Random seed."),
-    deterministic: Optional[bool] = _opt("--deterministic/--no-deterministic", help="Deterministic algorithms."),
-    device: Optional[str] = _opt("--device", help="auto, cpu, cuda, cuda:1 ..."),
-    val_split: Optional[float] = _opt("--val-split", help="Hold out this fraction of the training data for selection."),
-    select: Optional[Select] = _opt("--select", help="last, or best (on the held-out split; needs --val-split)."),
-    out: Optional[str] = _opt("--out", help="Output directory (with --resume: the state's folder).",
-              default="runs/<dataset>-<arch>-<csc>"),
-    init: Optional[str] = _opt("--init", help="Fine-tune this model file (e.g. from csc convert).", default="none"),
-    resume: Optional[str] = _opt("--resume", help="Continue from a state.safetensors: alone it resumes that run as it was "
-                                                  "configured; flags given with it override.", default="none"),
-    checkpoint_every: Optional[int] = _opt("--checkpoint-every", help="Also save resumable state every N steps (0: per epoch only)."),
-    max_batches: Optional[int] = _opt("--max-batches", help="At most this many batches per epoch (smoke tests).", default="all"),
-    image_size: Optional[int] = _opt("--image-size", help="Image size.", default="digits 16, folders 224, CIFAR 32"),
-    workers: Optional[int] = _opt("--workers", help="Loader processes for image folders."),
-    ctrl_mode: Optional[CtrlMode] = _opt("--ctrl-mode", help="Autoencoders (--arch ctrl_dcgan32 / ctrl_resnet): the "
-                                                             "rate-reduction game with labels (multi) or without (binary)."),
-    feature_dim: Optional[int] = _opt("--feature-dim", help="Autoencoders: feature dimension d."),
-    encoder_steps: Optional[int] = _opt("--encoder-steps", help="Autoencoders: encoder steps per decoder step."),
-    width: Optional[int] = _opt("--width", help="Autoencoders: channel width (ctrl_dcgan32 w/2w/4w, ctrl_resnet w..8w).",
-                                default="64 dcgan32, 32 resnet"),
-    pixel_weight: Optional[float] = _opt("--pixel-weight", help="Autoencoders: weight of the per-image pixel term "
-                                                                "||x - g(f(x))||^2 in the decoder's loss (0: CTRL's "
-                                                                "pure game)."),
-    feature_weight: Optional[float] = _opt("--feature-weight", help="Autoencoders: weight of the per-image feature "
-                                                                    "term ||f(x) - f(g(f(x)))||^2 in the decoder's "
-                                                                    "loss (0: CTRL's pure game)."),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (progress, if any, on stderr).")] = False,
+    recipe: Annotated[Optional[Path], typer.Option(help="A TOML recipe (recipes/); flags override it.")] = None,
+    resume: Optional[str] = _opt("--resume", help="Continue a run from its state.safetensors.", default="none"),
+    out: Optional[str] = _opt("--out", help="Folder for the run's files.", default="runs/<dataset>-<arch>-<csc>"),
+    checkpoint_every: Optional[int] = _opt("--checkpoint-every", help="Also save state every N steps."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (progress on stderr).")] = False,
+    data_dir: Optional[str] = _opt("--data-dir", help="Where the dataset lives (CIFAR: the batches).", panel=DATA),
+    image_size: Optional[int] = _opt("--image-size", help="Image size in pixels.", panel=DATA,
+                                     default="digits 16, folders 224, CIFAR 32"),
+    augment: Optional[Augment] = _opt("--augment", help="Augmentation; auto chooses by dataset.", panel=DATA),
+    val_split: Optional[float] = _opt("--val-split", help="Fraction held out for --select.", panel=DATA),
+    select: Optional[Select] = _opt("--select", help="The epoch kept: the last, or the best on --val-split.",
+                                    panel=DATA),
+    workers: Optional[int] = _opt("--workers", help="Loader processes (folders).", panel=DATA),
+    max_batches: Optional[int] = _opt("--max-batches", help="Cap on batches per epoch.", panel=DATA,
+                                      default="all"),
+    arch: Optional[str] = _opt("--arch", help="A CIFAR ResNet, timm:NAME or a ctrl_* autoencoder.", panel=MODEL),
+    csc: Optional[CscMode] = _opt("--csc", help="Which convs become CSC layers.", panel=MODEL),
+    shortcut: Optional[bool] = _opt("--shortcut/--no-shortcut", help="Shortcuts (off: pure CSC+BN).", panel=MODEL),
+    init: Optional[str] = _opt("--init", help="Fine-tune this model file.", panel=MODEL, default="none"),
+    lam: Optional[float] = _opt("--lambda", "--lam", help="Sparsity weight lambda.", panel=CSC, default=_D["lam"]),
+    steps: Optional[int] = _opt("--steps", help="Unrolled FISTA steps K.", panel=CSC),
+    backward: Optional[Backward] = _opt("--backward", help="Gradient of the K steps.", panel=CSC),
+    epochs: Optional[int] = _opt("--epochs", help="Training epochs.", panel=OPTIM),
+    batch_size: Optional[int] = _opt("--batch-size", help="Batch size per process.", panel=OPTIM),
+    optimizer: Optional[Optimizer] = _opt("--optimizer", help="SGD with momentum, or AdamW.", panel=OPTIM),
+    momentum: Optional[float] = _opt("--momentum", help="SGD momentum.", panel=OPTIM),
+    nesterov: Optional[bool] = _opt("--nesterov/--no-nesterov", help="Nesterov momentum.", panel=OPTIM),
+    weight_decay: Optional[float] = _opt("--weight-decay", help="Weight decay.", panel=OPTIM),
+    label_smoothing: Optional[float] = _opt("--label-smoothing", help="Label smoothing.", panel=OPTIM),
+    ema: Optional[float] = _opt("--ema", help="Weight EMA decay (0: off).", panel=OPTIM),
+    clip_grad: Optional[float] = _opt("--clip-grad", help="Gradient-norm clip (0: off).", panel=OPTIM),
+    lr: Optional[float] = _opt("--lr", help="Peak learning rate.", panel=LR),
+    schedule: Optional[Schedule] = _opt("--schedule", help="cosine: per iteration.", panel=LR),
+    milestones: Optional[str] = _opt("--milestones", help="Step decay epochs, e.g. 30,60.", panel=LR,
+                                     default="none"),
+    warmup_epochs: Optional[float] = _opt("--warmup-epochs", help="Linear warm-up, in epochs.", panel=LR),
+    ctrl_mode: Optional[CtrlMode] = _opt("--ctrl-mode", help="With labels (multi) or not.", panel=CTRL),
+    feature_dim: Optional[int] = _opt("--feature-dim", help="Feature dimension d.", panel=CTRL),
+    encoder_steps: Optional[int] = _opt("--encoder-steps", help="Encoder steps per decoder step.", panel=CTRL),
+    width: Optional[int] = _opt("--width", help="Width w.", panel=CTRL, default="64 dcgan32, 32 resnet"),
+    pixel_weight: Optional[float] = _opt("--pixel-weight", help="Decoder pixel term (0: off).", panel=CTRL),
+    feature_weight: Optional[float] = _opt("--feature-weight", help="Decoder feature term (0: off).", panel=CTRL),
+    device: Optional[str] = _opt("--device", help="auto, cpu, cuda, cuda:1 ...", panel=HARDWARE),
+    amp: Optional[Amp] = _opt("--amp", help="Autocast (fp16: CUDA only).", panel=HARDWARE),
+    channels_last: Optional[bool] = _opt("--channels-last/--no-channels-last", help="channels_last memory format.",
+                                         panel=HARDWARE),
+    compile: Optional[bool] = _opt("--compile/--no-compile", help="torch.compile the model.", panel=HARDWARE),
+    seed: Optional[int] = _opt("--seed", help="Random seed.", panel=HARDWARE),
+    deterministic: Optional[bool] = _opt("--deterministic/--no-deterministic", help="Deterministic algorithms.",
+                                         panel=HARDWARE),
 ) -> None:
-    """Train an SDNet (or the plain ConvNet) on a dataset: `csc train` alone trains SDNet on the
-    built-in digits in well under a minute. Writes metrics, the resolved config, resumable state
-    and a self-describing model file."""
+    """Train an SDNet, a plain ConvNet or a CTRL autoencoder.
+
+    Values come from the defaults shown, then a --recipe, then the flags given; --resume alone
+    continues a run exactly as it was configured. A run writes metrics, the resolved config,
+    resumable state and a self-describing model file into --out.
+
+    --arch: resnet20_cifar, resnet18_cifar, resnet34_cifar or any timm ConvNet (up to 64 px,
+    resnet18/34 mean the CIFAR layout; timm:resnet18 is timm's). --csc stem is SDNet, all
+    SDNet-All, none the plain ConvNet. The autoencoders ctrl_dcgan32 and ctrl_resnet are trained
+    by the CTRL game: there --csc all is CSC-CTRL, none is CTRL.
+
+    --backward: unrolled (autograd through the K steps), implicit (at the fixed point: memory
+    independent of K) or recompute (unrolled, recomputed in backward: less memory).
+    """
     from ..jobs.train import run_train
 
     given = dict(dataset=dataset, data_dir=data_dir, arch=arch, csc=csc, shortcut=shortcut, lam=lam, steps=steps,

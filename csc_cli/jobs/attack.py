@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import load, read_card
 from ..choices import ATTACK_PRESETS
 from ..surgery import card_of

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..choices import AMP_MODES, CSC_MODES, CTRL_ARCHS, CTRL_MODES, OPTIMIZERS, SCHEDULES, SELECT_MODES
+from ..choices import (AMP_MODES, CSC_MODES, CTRL_ARCHS, CTRL_MODES, GAME_OPTIMIZER, OPTIMIZERS, SCHEDULES,
+                       SELECT_MODES)
 
 
 @dataclass
@@ -120,7 +121,9 @@ class TrainConfig:
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(self.optimizer in OPTIMIZERS + (GAME_OPTIMIZER,),
+             f"optimizer must be one of {', '.join(OPTIMIZERS)} (or {GAME_OPTIMIZER}, the CTRL game's), "
+             f"got {self.optimizer!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         need(self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         need(self.csc in CSC_MODES, f"csc must be one of {', '.join(CSC_MODES)}, got {self.csc!r}")

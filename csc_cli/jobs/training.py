@@ -1,11 +1,11 @@
 """The reusable parts of a training loop, for any model a ``csc`` job trains.
 
-``run_train`` (classifiers) is built from these, and so can the next trainer (the CSC-CTRL
-autoencoder): the learning-rate schedule and optimizer (:func:`lr_at`, :func:`make_optimizer`), the
-weight average (:class:`EMA`, whose CSC layers get step sizes for their own weights), one epoch of
-optimizer steps (:class:`StepRunner`), the step-size refresh after an epoch
-(:func:`refresh_step_sizes`) and resumable state (:func:`save_train_state`,
-:func:`restore_train_state`).
+The run skeleton (:mod:`csc_cli.jobs.run`) and both task families are built from these: the
+learning-rate schedule and optimizer (:func:`lr_at`, :func:`make_optimizer`), the weight average
+(:class:`EMA`, whose CSC layers get step sizes for their own weights), one epoch of optimizer steps
+on a loss (:class:`StepRunner`), the step-size refresh after an epoch (:func:`refresh_step_sizes`),
+the per-layer statistics every epoch records (:func:`csc_layer_stats`) and resumable state
+(:func:`save_train_state`, :func:`restore_train_state`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,39 @@ def refresh_step_sizes(model: nn.Module) -> None:
     for layer in csc_layers(model).values():
         if layer.trained_size:
             layer.refresh_step_size()
+
+
+@torch.no_grad()
+def csc_layer_stats(model: nn.Module, images: torch.Tensor) -> Dict[str, Dict[str, float]]:
+    """Per CSC layer, on ``images`` (eval mode): fraction of non-zero code entries, relative
+    reconstruction error ``||x - A z|| / ||x||`` of its input, and its step size."""
+    layers = csc_layers(model)
+    stats: Dict[str, Dict[str, float]] = {}
+    handles = []
+
+    def hook(name):
+        def fn(module, inputs, output):
+            x = inputs[0]
+            z = module.code_from_output(output, x.shape[2:])
+            residual = x - module.decode(z, x.shape[2:])
+            stats[name] = {
+                "nonzero": float((z != 0).float().mean()),
+                "recon_error": float(residual.norm() / x.norm().clamp_min(1e-12)),
+                "step_size": float(module.step_size_for(x.shape[2:])),
+            }
+        return fn
+
+    for name, layer in layers.items():
+        handles.append(layer.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return stats
 
 
 class EMA:

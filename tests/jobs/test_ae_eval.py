@@ -217,7 +217,7 @@ def tiny_ae(tmp_path_factory):
 
 def test_job_on_a_tiny_autoencoder(tiny_ae, tmp_path):
     from csc_cli.checkpoint import load
-    from csc_cli.jobs.ae_eval import AEEvalConfig, run_ae_eval
+    from csc_cli.jobs.autoencoder.evaluate import AEEvalConfig, run_ae_eval
     from csc_cli.layers import csc_layers
 
     grid = [0.0, 0.1, 0.5]
@@ -250,8 +250,8 @@ def test_job_on_a_tiny_autoencoder(tiny_ae, tmp_path):
 def test_lambda_sweep_restores_the_trained_lambdas_and_changes_the_codes(tiny_ae):
     from csc_cli.checkpoint import load
     from csc_cli.data.source import open_split
-    from csc_cli.jobs.ae_eval import AEEvalConfig, _denoising
-    from csc_cli.jobs.ctrl_train import features_of
+    from csc_cli.jobs.autoencoder.evaluate import AEEvalConfig, _denoising
+    from csc_cli.jobs.autoencoder.train import features_of
     from csc_cli.layers import csc_layers
 
     model = load(tiny_ae)
@@ -262,7 +262,7 @@ def test_lambda_sweep_restores_the_trained_lambdas_and_changes_the_codes(tiny_ae
     x, _ = open_split("digits", "test", image_size=32).take(torch.arange(32))
     z0, _ = features_of(model, x)
     seen = []
-    import csc_cli.jobs.ae_eval as job
+    import csc_cli.jobs.autoencoder.evaluate as job
 
     real = job.features_of
 
@@ -293,7 +293,7 @@ def test_lambda_sweep_restores_the_trained_lambdas_and_changes_the_codes(tiny_ae
 
 def test_lambda_rule_for_the_encoder_is_calibrated_stored_and_applied_per_input(tiny_ae, tmp_path, cli):
     from csc_cli.checkpoint import load
-    from csc_cli.jobs.ae_eval import AEEvalConfig, run_ae_eval
+    from csc_cli.jobs.autoencoder.evaluate import AEEvalConfig, run_ae_eval
     from csc_cli.layers import csc_layers
     from csc_cli.robust.rules import RULES, SigmaRule, rule_from_dict
 
@@ -334,7 +334,7 @@ def test_lambda_rule_for_the_encoder_is_calibrated_stored_and_applied_per_input(
 
 
 def test_transfer_converts_gray_and_rgb(tiny_ae):
-    from csc_cli.jobs.ae_eval import AEEvalConfig, _fit, run_ae_eval
+    from csc_cli.jobs.autoencoder.evaluate import AEEvalConfig, _fit, run_ae_eval
 
     out = run_ae_eval(AEEvalConfig(model=tiny_ae, data="fake", n=8, lambda_grid=[0.1])).to_dict()
     assert out["transfer"] and out["images"] == 8 and any("BT.601" in n for n in out["notes"])
@@ -347,7 +347,7 @@ def test_transfer_converts_gray_and_rgb(tiny_ae):
 
 
 def test_images_are_resized_to_the_model_and_channels_checked():
-    from csc_cli.jobs.ae_eval import _fit
+    from csc_cli.jobs.autoencoder.evaluate import _fit
 
     x = torch.rand(2, 1, 16, 16)
     y = _fit(x, 1, 32, "small")
@@ -361,7 +361,7 @@ def test_images_are_resized_to_the_model_and_channels_checked():
 def test_refuses_a_classifier_file(tmp_path):
     import csc_cli
     from csc_cli.checkpoint import save
-    from csc_cli.jobs.ae_eval import AEEvalConfig, run_ae_eval
+    from csc_cli.jobs.autoencoder.evaluate import AEEvalConfig, run_ae_eval
 
     model = csc_cli.create_model("resnet20_cifar", num_classes=10)
     path = save(model, tmp_path / "clf.safetensors", dataset="cifar10", input_size=[3, 32, 32])
@@ -410,7 +410,7 @@ def test_fid_in_the_job_with_an_inception_state_dict(tiny_ae, tmp_path):
     from safetensors.torch import save_file
     from torchvision.models import inception_v3
 
-    from csc_cli.jobs.ae_eval import AEEvalConfig, run_ae_eval
+    from csc_cli.jobs.autoencoder.evaluate import AEEvalConfig, run_ae_eval
 
     torch.manual_seed(0)
     net = inception_v3(weights=None, aux_logits=True, init_weights=False)
@@ -429,3 +429,19 @@ def test_attack_refuses_an_autoencoder_in_one_line(cli, tiny_ae, tmp_path):
     text = out + err
     assert code == 1 and "is an autoencoder: csc attack attacks classifiers" in text and "Traceback" not in text
     assert len(text.strip().splitlines()) <= 3  # the error line (wrapped at most once or twice), no table
+
+
+def test_eval_refuses_an_untrained_autoencoder_in_one_line(cli, tmp_path):
+    """A model file whose BatchNorm layers never saw data (here: built, not trained) would score
+    zero features; eval says so and what to do instead."""
+    import csc_cli
+    from csc_cli.autoencoders import build_autoencoder
+    from csc_cli.jobs.autoencoder.evaluate import AEEvalConfig, run_ae_eval
+
+    path = csc_cli.save(build_autoencoder("ctrl_dcgan32", in_chans=1, feature_dim=8), tmp_path / "fresh.safetensors",
+                        dataset="digits", input_size=[1, 32, 32])
+    with pytest.raises(ValueError, match="untrained autoencoder"):
+        run_ae_eval(AEEvalConfig(model=str(path), n=16, device="cpu"))
+    code, out, err = cli(["eval", str(path), "--n", "16"])
+    assert code not in (0, None) and "untrained autoencoder" in out + err and "csc train digits --init" in out + err
+    assert "Traceback" not in out + err

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csc_cli.jobs.ae_inspect import (AEInspectConfig, block_energy_ratio, class_subspaces, run_ae_inspect,
+from csc_cli.jobs.autoencoder.inspect import (AEInspectConfig, block_energy_ratio, class_subspaces, run_ae_inspect,
                                      sample_class, traverse)
 
 FILES = {"reconstructions.png", "class_samples.png", "traversals.png", "zz_heatmap.png", "zzh_heatmap.png",
@@ -137,3 +137,14 @@ def test_cli_inspect_json_on_an_autoencoder(cli, tiny_aes, tmp_path):
 def test_cli_refuses_classifier_options_on_an_autoencoder(cli, tiny_aes, tmp_path):
     code, _, err = cli(["inspect", tiny_aes["all"], "--layer", "encoder.conv1", "--out", str(tmp_path / "o")])
     assert code == 1 and "--layer" in err and "autoencoder" in err and "Traceback" not in err
+
+
+def test_refuses_an_untrained_autoencoder_in_one_line(tmp_path):
+    import csc_cli
+    from csc_cli.autoencoders import build_autoencoder
+
+    path = csc_cli.save(build_autoencoder("ctrl_dcgan32", in_chans=1, feature_dim=8), tmp_path / "fresh.safetensors",
+                        dataset="digits", input_size=[1, 32, 32])
+    with pytest.raises(ValueError, match=r"untrained autoencoder.*csc train digits --init") as info:
+        run_ae_inspect(AEInspectConfig(model=str(path), out=str(tmp_path / "o"), features=16))
+    assert "\n" not in str(info.value)

@@ -197,7 +197,7 @@ def test_masking_is_detected():
 
 
 def test_lambda_auto_is_attacked_end_to_end(sdnet, tmp_path):
-    from csc_cli.jobs.evaluate import EvalConfig, run_eval
+    from csc_cli.jobs.classifier.evaluate import EvalConfig, run_eval
 
     calibrated = tmp_path / "cal.safetensors"
     run_eval(EvalConfig(model=sdnet, calibrate_lambda=True, calibration_images=64, lambda_sweep=[0.1, 0.3],

@@ -10,7 +10,7 @@ import torch
 import csc_cli
 from csc_cli.autoencoders import build_autoencoder
 from csc_cli.core.rate import ctrl_objective
-from csc_cli.jobs.ctrl_train import GameStep, features_of, reconstruction_scores
+from csc_cli.jobs.autoencoder.train import GameStep, features_of, reconstruction_scores
 from csc_cli.jobs.train import TrainConfig, lr_at, run_train
 from csc_cli.surgery import set_input_normalization
 
@@ -40,7 +40,7 @@ def test_each_step_moves_only_its_network(csc, encoder_steps, first_step_dr):
     model = _tiny(csc)
     cfg = TrainConfig(arch="ctrl_dcgan32", csc=csc, feature_dim=8, encoder_steps=encoder_steps,
                       first_step_dr=first_step_dr, encoder_beta1=0.0, encoder_beta2=0.9, decoder_beta1=0.5)
-    from csc_cli.jobs.ctrl_train import _optimizer
+    from csc_cli.jobs.autoencoder.train import _optimizer
 
     optimizer = _optimizer(model, cfg)
     assert [g["betas"] for g in optimizer.param_groups] == [(0.0, 0.9), (0.5, 0.999)]
@@ -73,7 +73,7 @@ def test_reported_terms_are_the_objective_on_the_decoder_steps_features():
 
     model = _tiny("none")
     cfg = TrainConfig(arch="ctrl_dcgan32", csc="none", feature_dim=8, encoder_steps=1)
-    from csc_cli.jobs.ctrl_train import _optimizer
+    from csc_cli.jobs.autoencoder.train import _optimizer
 
     x = torch.rand(32, 1, 32, 32)
     y = torch.arange(32) % 2
@@ -154,7 +154,7 @@ def _rank_gradients(rank: int, world: int, init_file: str, out_dir: str) -> None
     BatchNorm so that both runs see the same normalisation)."""
     import torch.distributed as tdist
 
-    from csc_cli.jobs.ctrl_train import _gather, _gather_labels, _sum_gradients
+    from csc_cli.jobs.autoencoder.train import _gather, _gather_labels, _sum_gradients
 
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -219,3 +219,33 @@ def test_two_processes_sum_to_the_global_batch_gradient(tmp_path):
     loss.backward()
     name = max(reference, key=lambda n: float(reference[n].abs().max()))
     assert not torch.allclose(dict(model.named_parameters())[name].grad, reference[name], rtol=1e-3)
+
+
+def test_the_written_config_names_the_games_optimizer(tmp_path):
+    """The game steps with Adam (betas per network) whatever --optimizer says: config.json and the
+    resume state say adam; config.json is still a valid recipe, and a resume from the state runs."""
+    from dataclasses import fields
+
+    cfg = TrainConfig(dataset="digits", image_size=32, arch="ctrl_dcgan32", csc="none", feature_dim=8, width=8,
+                      batch_size=64, epochs=2, max_batches=1, lr=1e-3, augment="none", out=str(tmp_path / "g"))
+    assert cfg.optimizer == "sgd"  # the classifier's default, which the game never used
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_the_first_epoch(event):
+        if type(event).__name__ == "EpochStart" and event.epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_train(cfg, stop_after_the_first_epoch)
+    written = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert written["optimizer"] == "adam" and written["encoder_beta1"] == 0.5
+    recipe = TrainConfig(**{k: v for k, v in written.items() if k in {f.name for f in fields(TrainConfig)}})
+    recipe.validate()
+    resumed = TrainConfig.from_state(tmp_path / "g" / "state.safetensors")
+    assert resumed.optimizer == "adam"
+    result = run_train(resumed)
+    assert result.resumed_from_epoch == 1 and len(result.history) == 2
+    with pytest.raises(ValueError, match="CTRL game's"):  # a classifier does not take the game's optimizer
+        run_train(TrainConfig(optimizer="adam", epochs=1, max_batches=1, out=str(tmp_path / "clf")))

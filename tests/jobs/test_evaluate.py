@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import csc_cli
-from csc_cli.jobs.evaluate import EvalConfig, _mce, run_eval, scores
+from csc_cli.jobs.classifier.evaluate import EvalConfig, _mce, run_eval, scores
 from csc_cli.jobs.train import TrainConfig, run_train
 from csc_cli.robust import RULES, SigmaRule, lambda_override, rule_from_dict
 
@@ -198,7 +198,7 @@ def test_error_grows_with_severity_on_a_fixed_model(cifar_mini_models):
     coarser measure on this 50%-accurate model: JPEG gave 54.5% at both s1 and s5 on 400 images.)"""
     from csc_cli.data import load_dataset
     from csc_cli.data.corruptions import ALL, corrupt
-    from csc_cli.jobs.evaluate import predict
+    from csc_cli.jobs.classifier.evaluate import predict
     from tests.conftest import CIFAR_MINI
 
     model = csc_cli.load(cifar_mini_models["stem"].model_path)

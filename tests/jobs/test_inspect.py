@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from csc_cli.jobs.inspect import InspectConfig, coherence, run_inspect, shift_coherence
+from csc_cli.jobs.classifier.inspect import InspectConfig, coherence, run_inspect, shift_coherence
 from csc_cli.jobs.train import TrainConfig, run_train
 
 KEYS = {"model", "card", "atoms", "codes", "sparsity_vs_lambda", "reconstruction", "pushback", "convergence",

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 import csc_cli
 from csc_cli.data import load_dataset
 from csc_cli.data.pipeline import Batches, normalize
-from csc_cli.jobs.train import TrainConfig, evaluate, lr_at, run_train
+from csc_cli.jobs.classifier.train import evaluate
+from csc_cli.jobs.train import TrainConfig, lr_at, run_train
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -38,13 +38,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checkpoint import load, read_card
-from ..data.source import open_split
-from ..layers import CSCConvNd
-from .ae_eval import _fit, _indices
-from .common import resolve_device
-from .ctrl_train import features_of
-from .events import ProgressFn, Step, ignore
+from ...autoencoders import check_trained
+from ...checkpoint import load, read_card
+from ...data.source import open_split
+from ...layers import CSCConvNd
+from .evaluate import _fit, _indices
+from ..common import resolve_device
+from .train import features_of
+from ..events import ProgressFn, Step, ignore
 
 __all__ = ["AEInspectConfig", "AEInspectResult", "run_ae_inspect", "block_energy_ratio", "class_subspaces",
            "sample_class", "traverse"]
@@ -224,7 +225,7 @@ def _check(config: AEInspectConfig) -> None:
 
 def run_ae_inspect(config: AEInspectConfig, progress: Optional[ProgressFn] = None) -> AEInspectResult:
     """Inspect an autoencoder model file (see the module docstring)."""
-    from .. import plots
+    from ... import plots
 
     emit = progress or ignore
 
@@ -244,6 +245,7 @@ def run_ae_inspect(config: AEInspectConfig, progress: Optional[ProgressFn] = Non
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     model = load(config.model, map_location=device).to(device).eval()
+    check_trained(model, config.model)
     channels, size = model.in_chans, model.image_size
     notes: List[str] = []
     files: List[str] = []

@@ -21,15 +21,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load, save
-from ..data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
-from ..data.source import open_for_model
-from ..surgery import card_of
-from ..robust.lam import LambdaPolicy, first_csc_layer
-from ..robust.rules import (CalibrationLevel, LambdaRule, calibrate, check_rule_name, fit_share, layer_input,
+from ...checkpoint import load, save
+from ...data.corruptions import SUBSTITUTES, corrupt, parse_corruptions, preset_for
+from ...data.source import open_for_model
+from ...surgery import card_of
+from ...robust.lam import LambdaPolicy, first_csc_layer
+from ...robust.rules import (CalibrationLevel, LambdaRule, calibrate, check_rule_name, fit_share, layer_input,
                             layer_inputs, noise_sigma, reconstruction_error, rule_from_dict)
-from .common import accuracy, accuracy_over_lambdas, evaluation_data, predict, resolve_device
-from .events import ProgressFn, Step, ignore
+from ..common import accuracy, accuracy_over_lambdas, evaluation_data, predict, resolve_device
+from ..events import ProgressFn, Step, ignore
 STREAMED_SAMPLE = 1000  # images held in memory for corruptions / sweeps of an image-file dataset
 
 
@@ -268,7 +268,7 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
     if config.csv:
         result.files.append(str(write_csv(result.to_dict(), Path(config.csv))))
     if config.plots:
-        from ..plots import eval_figures
+        from ...plots import eval_figures
 
         result.files += eval_figures(result.to_dict(), Path(config.plots))
     return result

@@ -33,17 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checkpoint import load, read_card, save
-from ..core.rate import rate_reduction
-from ..data.source import open_split
-from ..layers import csc_layers
-from ..metrics import fid, fid_features, fit_subspaces, inception_net, nearest_subspace, psnr, ssim
-from ..robust.lam import lambda_override
-from ..robust.rules import (CalibrationLevel, LambdaRule, calibrate, check_rule_name, fit_share, layer_inputs,
+from ...autoencoders import check_trained
+from ...checkpoint import load, read_card, save
+from ...core.rate import rate_reduction
+from ...data.source import open_split
+from ...layers import csc_layers
+from ...metrics import fid, fid_features, fit_subspaces, inception_net, nearest_subspace, psnr, ssim
+from ...robust.lam import lambda_override
+from ...robust.rules import (CalibrationLevel, LambdaRule, calibrate, check_rule_name, fit_share, layer_inputs,
                             rule_from_dict)
-from .common import resolve_device
-from .ctrl_train import features_of
-from .events import ProgressFn, Step, ignore
+from ..common import resolve_device
+from .train import features_of
+from ..events import ProgressFn, Step, ignore
 
 __all__ = ["AEEvalConfig", "AEEvalResult", "run_ae_eval", "write_sweep_csv", "DEFAULT_LAMBDA_GRID"]
 
@@ -277,6 +278,7 @@ def run_ae_eval(config: AEEvalConfig, progress: Optional[ProgressFn] = None) -> 
     device = resolve_device(config.device)
     fid_net = inception_net(config.fid_weights, device) if config.fid_weights else None  # a bad file fails first
     model = load(config.model, map_location=device).to(device).eval()
+    check_trained(model, config.model)
     channels, size = model.in_chans, model.image_size
     notes: List[str] = []
 

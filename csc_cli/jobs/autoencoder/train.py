@@ -1,8 +1,8 @@
 """The CTRL game: train an autoencoder (CSC-CTRL, or CTRL itself) by closed-loop transcription.
 
-``run_train`` hands a run to :func:`run_ctrl_train` when its ``--arch`` is an autoencoder
-(``ctrl_dcgan32``, ``ctrl_resnet``) or its ``--init`` file says it is one. One iteration on one batch,
-as in the CTRL reference code (PAPER.md section 2, "The game"):
+:func:`csc_cli.jobs.train.run_train` hands a run to :func:`run_ctrl_train` when its ``--arch`` is an
+autoencoder (``ctrl_dcgan32``, ``ctrl_resnet``) or its ``--init`` file says it is one. One iteration on
+one batch (:class:`GameStep`), as in the CTRL reference code (PAPER.md section 2, "The game"):
 
 1. ``encoder_steps`` encoder steps: ``Z = f(x)``, ``Zh = f(g(Z).detach())``, loss ``-T(Z, Zh)`` (the
    first one ``-dR(Z)`` alone with ``first_step_dr``), stepping the encoder only;
@@ -10,42 +10,45 @@ as in the CTRL reference code (PAPER.md section 2, "The game"):
 
 ``T = dR(Z) + dR(Zh) + sum_k dR(Z_k, Zh_k)`` with labels (``ctrl_mode='multi'``), ``T = dR(Z, Zh)``
 without (``'binary'``); see :mod:`csc_cli.core.rate`. ``f`` runs separately on ``x`` and on ``g(Z)``,
-so BatchNorm sees separate batch statistics. One Adam holds the two networks as two parameter groups
-with their own betas (CTRL: (0.5, 0.999) for the DCGAN nets, (0, 0.9) for the ResNet ones), no
+so BatchNorm sees separate batch statistics; only the real batches f(x) move the encoder's running
+statistics (eval mode must normalise real images, not a mix of real and decoded ones). One Adam
+holds the two networks as two parameter groups with their own betas (CTRL: (0.5, 0.999) for the DCGAN nets, (0, 0.9) for the ResNet ones), no
 weight decay unless asked, the learning rate decayed as ``schedule`` says (the recipes: linearly to
 0); the network not being stepped has no gradients, so Adam leaves it (and its moments) alone. The
 model takes [0, 1] images (its input normalisation maps them to CTRL's [-1, 1]) and decodes to [0, 1].
 Under torchrun the rates are computed on the *global* batch: features are gathered from every rank
 with their gradients, and each network's gradients are summed over ranks.
 
-Writes what the classifier trainer writes (``config.json``, ``metrics.jsonl`` with every term of the
-game per epoch, ``summary.csv``, ``state.safetensors`` for an exact resume, ``model.safetensors``).
+:class:`CTRLGame` is the game's part of a run of the shared skeleton
+(:func:`csc_cli.jobs.run.run_training`), which writes what it writes for a classifier
+(``config.json``, whose ``optimizer`` says ``adam``; ``metrics.jsonl`` with every term of the game
+per epoch; ``summary.csv``; ``state.safetensors`` for an exact resume; ``model.safetensors``).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .. import __version__
-from ..autoencoders import build_autoencoder, is_autoencoder
-from ..checkpoint import load, save
-from ..core.rate import coding_rate, ctrl_objective, rate_reduction, small_class_warning
-from ..surgery import card_of, set_input_normalization
-from .common import autocast, resolve_device
-from .events import BatchEnd, EpochStart, GameEpochEnd, ProgressFn, TrainDone, TrainStart, ignore
-from .train_config import TrainConfig
-from .training import lr_at, refresh_step_sizes, restore_train_state, save_train_state
+from ...autoencoders import build_autoencoder, is_autoencoder
+from ...checkpoint import load
+from ...choices import GAME_OPTIMIZER
+from ...core.rate import coding_rate, ctrl_objective, rate_reduction, small_class_warning
+from ...surgery import set_input_normalization
+from ..common import autocast
+from ..events import BatchEnd, EpochStart, GameEpochEnd, ProgressFn
+from ..run import AfterStep, RunContext, TaskFamily, TrainResult, run_training
+from ..train_config import TrainConfig
+from ..training import lr_at
 
-__all__ = ["run_ctrl_train", "GameStep", "reconstruction_scores", "features_of"]
+__all__ = ["run_ctrl_train", "CTRLGame", "GameStep", "reconstruction_scores", "features_of"]
 
 _ROW_KEYS = ("T", "dR_Z", "dR_Zh", "pairwise", "R_Z", "pixel", "feature", "train_mse")
 
@@ -86,6 +89,21 @@ def _sum_gradients(params: List[nn.Parameter], dist) -> None:
         if p.grad is not None:
             tdist.all_reduce(p.grad, op=tdist.ReduceOp.SUM)
             p.grad.div_(dist.world_size)
+
+
+@contextmanager
+def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """Inside, ``module``'s BatchNorm layers normalise with batch statistics as usual (training mode)
+    but keep their running statistics as they are (momentum 0)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
 
 class GameStep:
@@ -138,7 +156,8 @@ class GameStep:
                 z = model.encode(x)
                 with torch.no_grad():
                     decoded = model.decode(z.detach())
-                zh = model.encode(decoded)
+                with _frozen_running_stats(model.encoder):  # eval mode must see real images' statistics
+                    zh = model.encode(decoded)
             if k == 0 and cfg.first_step_dr:
                 labels = _gather_labels(y, self.dist) if cfg.ctrl_mode == "multi" else None
                 zg = _gather(z, self.dist)
@@ -152,7 +171,8 @@ class GameStep:
             with torch.no_grad():
                 z = model.encode(x)
             decoded = model.decode(z)
-            zh = model.encode(decoded)
+            with _frozen_running_stats(model.encoder):
+                zh = model.encode(decoded)
         total, terms = self._objective(z, zh, y)
         loss = total
         pixel = (decoded.float() - x.float()).square().flatten(1).sum(1).mean()
@@ -239,110 +259,92 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def run_ctrl_train(config: TrainConfig, progress: Optional[ProgressFn] = None):
-    """Play the game for ``config.epochs`` epochs; returns a :class:`~csc_cli.jobs.train.TrainResult`
-    whose ``last``/``history`` rows hold the game's terms and the test reconstruction scores."""
-    from ..distributed import DistributedContext
-    from .train import TrainResult, _same_run, _write_summary, make_data
+class CTRLGame(TaskFamily):
+    """The CTRL game's part of a training run (see the module docstring)."""
 
-    config = config.resolved()
-    config.validate()
-    emit = progress or ignore
-    dist = DistributedContext.from_env()
-    device = dist.device if dist.active else resolve_device(config.device)
-    if config.amp == "fp16":
-        raise ValueError("the CTRL game runs in float32 or --amp bf16 (no fp16 loss scaling for two networks)")
-    torch.manual_seed(config.seed)
-    data = make_data(config, dist.rank, dist.world_size)
-    if config.ctrl_mode == "multi" and data.num_classes < 2:
-        raise ValueError("multi mode needs labels of at least 2 classes: use --ctrl-mode binary")
-    c, h, w = data.input_size
-    notes: List[str] = list(data.notes)
-    model = _build(config, c, h)
-    set_input_normalization(model, [0.5] * c, [0.5] * c)  # [0, 1] images -> CTRL's [-1, 1]
-    model.to(device)
-    optimizer = _optimizer(model, config)
-    steps_per_epoch = len(data.train) if config.max_batches is None else min(len(data.train), config.max_batches)
-    game = GameStep(model, optimizer, config, data.num_classes, device,
-                    lr=lambda step: lr_at(config, step, steps_per_epoch), dist=dist)
-    out = Path(config.out)
-    start_epoch, start_batch = 0, 0
-    history: List[Dict[str, Any]] = []
-    if config.resume:
-        meta = restore_train_state(config.resume, model, optimizer, None, device,
-                                   check=lambda meta: _same_run(config, meta, card_of(model).arch))
-        start_epoch, start_batch, game.step = meta["epoch"], meta["batch"], meta["step"]
-        history = meta.get("history", [])
-    if dist.is_writer:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**asdict(config), "csc_version": __version__}, indent=2))
+    epoch_event = staticmethod(GameEpochEnd.from_row)
+    columns = ("epoch", "lr", *_ROW_KEYS, *(f"{split}_{k}" for split in ("test", "val")
+                                           for k in ("mse", "psnr", "R", "Rc", "dR")), "images_per_s", "seconds")
 
-    def write_state(epoch: int, batch: int) -> None:
-        if dist.is_writer:
-            save_train_state(out / "state.safetensors", model, optimizer, None,
-                             {"epoch": epoch, "batch": batch, "step": game.step, "arch": card_of(model).arch,
-                              "csc": config.csc, "history": history, "best": None, "config": asdict(config)})
+    def resolved(self, config: TrainConfig) -> TrainConfig:
+        # what the game steps with, whatever --optimizer says: config.json and the state say so
+        return dataclasses.replace(config, optimizer=GAME_OPTIMIZER)
 
-    test_x, test_y = _test_split(data.test)
-    val_x, val_y = _test_split(data.val) if data.val is not None else (None, None)
-    parameters = sum(p.numel() for p in model.parameters())
-    emit(TrainStart(arch=card_of(model).arch, parameters=parameters, device=str(device), epochs=config.epochs,
-                    steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, train_images=data.train_images,
-                    notes=notes))
-    started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
+    def prepare(self, config: TrainConfig, device: torch.device) -> None:
+        if config.amp == "fp16":
+            raise ValueError("the CTRL game runs in float32 or --amp bf16 (no fp16 loss scaling for two networks)")
+
+    def setup(self, run: RunContext) -> None:
+        config, data = run.config, run.data
+        if config.ctrl_mode == "multi" and data.num_classes < 2:
+            raise ValueError("multi mode needs labels of at least 2 classes: use --ctrl-mode binary")
+        self.config, self.data, self.device = config, data, run.device
+        self.emit, self.steps_per_epoch = run.emit, run.steps_per_epoch
+        c, h, w = data.input_size
+        model = _build(config, c, h)
+        set_input_normalization(model, [0.5] * c, [0.5] * c)  # [0, 1] images -> CTRL's [-1, 1]
+        model.to(run.device)
+        self.model = model
+        self.optimizer = _optimizer(model, config)
+        self.game = GameStep(model, self.optimizer, config, data.num_classes, run.device,
+                             lr=lambda step: lr_at(config, step, run.steps_per_epoch), dist=run.dist)
+        self._splits: Optional[Dict[str, Tuple[Tensor, Tensor]]] = None
+
+    @property
+    def step(self) -> int:
+        return self.game.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.game.step = value
+
+    def train_epoch(self, batches: Iterable[Tuple[Tensor, Tensor]], epoch: int, first_batch: int,
+                    after_step: AfterStep) -> Tuple[Dict[str, float], int]:
+        limit = self.steps_per_epoch
         epoch_start = time.perf_counter()
-        first = start_batch if epoch == start_epoch else 0
-        emit(EpochStart(epoch=epoch, batches=steps_per_epoch, first_batch=first))
-        model.train()
+        self.emit(EpochStart(epoch=epoch, batches=limit, first_batch=first_batch))
+        self.model.train()
         sums: Dict[str, float] = {k: 0.0 for k in _ROW_KEYS}
         seen = count = 0
-        for b, (x, y) in enumerate(data.train.epoch(epoch, first), start=first):
-            if b >= steps_per_epoch:
+        for b, (x, y) in enumerate(batches, start=first_batch):
+            if b >= limit:
                 break
-            terms = game(x, y)
+            terms = self.game(x, y)
             for k in _ROW_KEYS:
                 sums[k] += terms.get(k, float("nan"))
             count += 1
             seen += int(x.shape[0])
-            emit(BatchEnd(epoch=epoch, batch=b + 1, batches=steps_per_epoch, loss=terms["T"], acc=float("nan"),
-                          images_per_s=seen / max(time.perf_counter() - epoch_start, 1e-9)))
-            if config.checkpoint_every and game.step % config.checkpoint_every == 0 and b + 1 < steps_per_epoch:
-                write_state(epoch, b + 1)
-        elapsed = time.perf_counter() - epoch_start
-        refresh_step_sizes(model)
-        from .train import csc_layer_stats
+            self.emit(BatchEnd(epoch=epoch, batch=b + 1, batches=limit, loss=terms["T"], acc=float("nan"),
+                               images_per_s=seen / max(time.perf_counter() - epoch_start, 1e-9)))
+            after_step(epoch, b + 1)
+        return {k: (v / count if count else float("nan")) for k, v in sums.items()}, seen
 
-        row: Dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(config, max(game.step - 1, 0), steps_per_epoch),
-                               **{k: (v / count if count else float("nan")) for k, v in sums.items()},
-                               **_test_scores(model, test_x, test_y, data.num_classes, config.eps2),
-                               **({f"val_{k[5:]}": v for k, v in
-                                   _test_scores(model, val_x, val_y, data.num_classes, config.eps2).items()}
-                                  if data.val is not None else {}),
-                               "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
-                               "csc_layers": csc_layer_stats(_Loop(model), data.probe.to(device))}
-        history.append(row)
-        if dist.is_writer:
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            _write_summary(out / "summary.csv", history)
-        emit(GameEpochEnd.from_row(row))
-        write_state(epoch + 1, 0)
-    notes += game.warnings
-    seconds = time.perf_counter() - started
-    last = dict(history[-1]) if history else {}
-    summary = {"arch": card_of(model).arch, "csc": config.csc, "epochs": config.epochs, "task": "ctrl",
-               "ctrl_mode": config.ctrl_mode, "last_test_psnr": last.get("test_psnr"),
-               "last_test_dR": last.get("test_dR"), "seconds": seconds}
-    model_path = out / "model.safetensors"
-    if dist.is_writer:
-        save(model, model_path, dataset=config.dataset, class_names=data.class_names,
-             input_size=list(data.input_size), training=summary)
-    dist.close()
-    emit(TrainDone(seconds=seconds))
-    return TrainResult(out=str(out), model_path=str(model_path), epochs=config.epochs, last=last, best=None,
-                       history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=
-                       start_epoch if config.resume else None, arch=card_of(model).arch, notes=notes)
+    def scores(self, model: nn.Module) -> Dict[str, float]:
+        if self._splits is None:  # the scored images, read once (a streamed split: its first TEST_IMAGES)
+            self._splits = {"test": _test_split(self.data.test)}
+            if self.data.val is not None:
+                self._splits["val"] = _test_split(self.data.val)
+        scores: Dict[str, float] = {}
+        for split, (images, labels) in self._splits.items():
+            measured = _test_scores(model, images, labels, self.data.num_classes, self.config.eps2)
+            scores.update({f"{split}_{k[5:]}": v for k, v in measured.items()})
+        return scores
+
+    def probed(self, model: nn.Module) -> nn.Module:
+        return _Loop(model)
+
+    def summary(self, last: Dict[str, Any], best: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        return {"task": "ctrl", "ctrl_mode": self.config.ctrl_mode, "last_test_psnr": last.get("test_psnr"),
+                "last_test_dR": last.get("test_dR")}
+
+    def warnings(self) -> List[str]:
+        return self.game.warnings
+
+
+def run_ctrl_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Play the game for ``config.epochs`` epochs; the result's ``last``/``history`` rows hold the
+    game's terms and the test reconstruction scores."""
+    return run_training(config, CTRLGame(), progress)
 
 
 #: At most this many test images are scored after every epoch (a streamed split: its first ones).

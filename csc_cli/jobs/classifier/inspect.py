@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load
-from ..core import lasso_terms
-from ..plots import codes_figure, lines_figure
-from ..surgery import card_of
-from ..layers import CSCConvNd, csc_layers
-from ..robust.lam import lambda_override
-from .common import evaluation_data
-from .events import ProgressFn, Step, ignore
+from ...checkpoint import load
+from ...core import lasso_terms
+from ...plots import codes_figure, lines_figure
+from ...surgery import card_of
+from ...layers import CSCConvNd, csc_layers
+from ...robust.lam import lambda_override
+from ..common import evaluation_data
+from ..events import ProgressFn, Step, ignore
 
 STAGES = ("card", "atoms", "codes", "sparsity", "reconstruction", "convergence")
 
@@ -332,7 +332,7 @@ def _denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 def _chain(model: nn.Module, csc: Dict[str, CSCConvNd]) -> Optional[List[Tuple[str, CSCConvNd, nn.Module]]]:
     """(name, CSC layer, BatchNorm after it) from the input on, when the model is a pure CSC+BN
     stack (SDNet-All without shortcuts); None otherwise."""
-    from ..models import CifarResNet
+    from ...models import CifarResNet
 
     if not isinstance(model, CifarResNet) or any(getattr(b, "use_shortcut", True) for b in model.modules()
                                                     if hasattr(b, "use_shortcut")):
