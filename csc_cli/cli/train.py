@@ -77,6 +77,8 @@ def train(
     width: Optional[int] = _opt("--width", help="Width w.", panel=CTRL, default="64 dcgan32, 32 resnet"),
     pixel_weight: Optional[float] = _opt("--pixel-weight", help="Decoder pixel term (0: off).", panel=CTRL),
     feature_weight: Optional[float] = _opt("--feature-weight", help="Decoder feature term (0: off).", panel=CTRL),
+    encoder_pixel_weight: Optional[float] = _opt("--encoder-pixel-weight", help="Encoder pixel term (0: off).",
+                                                 panel=CTRL),
     device: Optional[str] = _opt("--device", help="auto, cpu, cuda, cuda:1 ...", panel=HARDWARE),
     amp: Optional[Amp] = _opt("--amp", help="Autocast (fp16: CUDA only).", panel=HARDWARE),
     channels_last: Optional[bool] = _opt("--channels-last/--no-channels-last", help="channels_last memory format.",
@@ -111,7 +113,8 @@ def train(
                  deterministic=deterministic, device=device, val_split=val_split, select=select, out=out,
                  init=init, checkpoint_every=checkpoint_every, max_batches=max_batches,
                  image_size=image_size, workers=workers, ctrl_mode=ctrl_mode, feature_dim=feature_dim,
-                 encoder_steps=encoder_steps, width=width, pixel_weight=pixel_weight, feature_weight=feature_weight)
+                 encoder_steps=encoder_steps, width=width, pixel_weight=pixel_weight, feature_weight=feature_weight,
+                 encoder_pixel_weight=encoder_pixel_weight)
     flags = {k: v for k, v in given.items() if v is not None}
     if resume:  # the run's own config, then the recipe's values, then the flags
         config = TrainConfig.from_state(resume, **{**(read_recipe(recipe) if recipe else {}), **flags})

@@ -78,6 +78,9 @@ class TrainConfig:
     # feature: mean over images of ||f(x) - f(g(f(x)))||^2 on the unit sphere
     pixel_weight: float = 0.0
     feature_weight: float = 0.0
+    # ... and the pixel term added to the encoder's loss too (through g, whose weights stay put):
+    # the encoder is then asked to keep what a reconstruction of each image needs
+    encoder_pixel_weight: float = 0.0
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -143,7 +146,8 @@ class TrainConfig:
         need(self.feature_dim >= 2, f"feature_dim must be >= 2, got {self.feature_dim}")
         need(self.encoder_steps >= 1, f"encoder_steps must be >= 1, got {self.encoder_steps}")
         need(self.eps2 > 0, f"eps2 must be > 0, got {self.eps2}")
-        need(self.pixel_weight >= 0 and self.feature_weight >= 0, "pixel_weight and feature_weight must be >= 0")
+        need(min(self.pixel_weight, self.feature_weight, self.encoder_pixel_weight) >= 0,
+             "pixel_weight, feature_weight and encoder_pixel_weight must be >= 0")
         need(self.width is None or self.width >= 1, f"width must be >= 1, got {self.width}")
         need(all(0 <= b < 1 for b in (self.encoder_beta1, self.encoder_beta2, self.decoder_beta1, self.decoder_beta2)),
              "Adam betas must be in [0, 1)")

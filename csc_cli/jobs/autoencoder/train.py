@@ -91,6 +91,12 @@ def _sum_gradients(params: List[nn.Parameter], dist) -> None:
             p.grad.div_(dist.world_size)
 
 
+def _pixel_term(decoded: Tensor, x: Tensor) -> Tensor:
+    """Mean over images of ``sum_pixels (g(f(x)) - x)^2`` ([0, 1] units): sample-wise consistency in
+    pixel space."""
+    return (decoded.float() - x.float()).square().flatten(1).sum(1).mean()
+
+
 @contextmanager
 def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
     """Inside, ``module``'s BatchNorm layers normalise with batch statistics as usual (training mode)
@@ -154,10 +160,13 @@ class GameStep:
         for k in range(cfg.encoder_steps):
             with autocast(self.device, cfg.amp):
                 z = model.encode(x)
-                with torch.no_grad():
-                    decoded = model.decode(z.detach())
+                if cfg.encoder_pixel_weight:  # g(z) keeps its graph: the pixel term reaches f through g
+                    decoded = model.decode(z)
+                else:
+                    with torch.no_grad():
+                        decoded = model.decode(z.detach())
                 with _frozen_running_stats(model.encoder):  # eval mode must see real images' statistics
-                    zh = model.encode(decoded)
+                    zh = model.encode(decoded.detach())
             if k == 0 and cfg.first_step_dr:
                 labels = _gather_labels(y, self.dist) if cfg.ctrl_mode == "multi" else None
                 zg = _gather(z, self.dist)
@@ -165,6 +174,8 @@ class GameStep:
                          else coding_rate(zg, cfg.eps2))
             else:
                 loss = -self._objective(z, zh, y)[0]
+            if cfg.encoder_pixel_weight:
+                loss = loss + cfg.encoder_pixel_weight * _pixel_term(decoded, x)
             self._apply(loss, self.encoder_params)
         self._only(train_encoder=False)
         with autocast(self.device, cfg.amp):
@@ -175,7 +186,7 @@ class GameStep:
                 zh = model.encode(decoded)
         total, terms = self._objective(z, zh, y)
         loss = total
-        pixel = (decoded.float() - x.float()).square().flatten(1).sum(1).mean()
+        pixel = _pixel_term(decoded, x)
         feature = (zh.float() - z.float()).square().sum(1).mean()
         if cfg.pixel_weight:
             loss = loss + cfg.pixel_weight * pixel
