@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-portable bench clean
+.PHONY: install demo test test-fast test-portable bench docs-figures clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test-portable: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The README's CSC-CTRL pictures: trains recipes/ctrl_digits.toml (~10 min), then csc inspect
+docs-figures: $(STAMP)
+	$(PY) docs/make_figures.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/layer_speed.py

@@ -87,6 +87,23 @@ def run_one(name: str, settings: dict, iterations: int, tag: str) -> dict:
     return record
 
 
+def summarize(folders) -> None:
+    """A markdown table of finished or stopped runs, from their ``metrics.jsonl`` (2 iterations per
+    epoch at batch 512 on digits; the iterations column counts what the run actually did)."""
+    print("| run | iterations | held-out PSNR last (best) | train-mode PSNR | dR(Z) | dR(Zh) | pairwise |")
+    print("|---|---|---|---|---|---|---|")
+    for folder in folders:
+        rows = [json.loads(line) for line in open(Path(folder) / "metrics.jsonl")]
+        config = json.loads((Path(folder) / "config.json").read_text())
+        per_epoch = 1438 * (1 - config.get("val_split", 0)) // config["batch_size"]
+        last = rows[-1]
+        pixels = config.get("image_size", 32) ** 2  # digits are gray: the pixel term sums this many
+        train_mode = 10 * math.log10(pixels / last["pixel"])
+        print(f"| {Path(folder).name} | {int(len(rows) * per_epoch)} | {last['val_psnr']:.2f} "
+              f"({max(r['val_psnr'] for r in rows):.2f}) | {train_mode:.2f} | {last['dR_Z']:.2f} | "
+              f"{last['dR_Zh']:.2f} | {last['pairwise']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", choices=["pure", "consistency"], help="run a predefined grid")
@@ -96,7 +113,11 @@ def main() -> None:
     parser.add_argument("--recipe", help="take BASE from a recipe")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--tag", default="search")
+    parser.add_argument("--summarize", nargs="+", metavar="RUN_DIR", help="print a table of these runs and stop")
     args = parser.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
     if args.recipe:
         BASE.update(read_recipe(Path(args.recipe)))
         BASE.setdefault("val_split", 0.1)
