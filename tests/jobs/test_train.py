@@ -203,6 +203,8 @@ def test_every_shipped_recipe_parses(recipe):
         if cfg.dataset != "digits":  # the reference settings (digits is a documented CPU budget)
             assert (cfg.lr, cfg.feature_dim, cfg.eps2) == (1.5e-4, 128, 0.5)
             assert cfg.batch_size == {"cifar10": 1600, "imagenet": 300}[cfg.dataset]
+            # the paper's pure game: no sample-wise consistency term (issue 24 keeps them 0 here)
+            assert (cfg.pixel_weight, cfg.feature_weight, cfg.encoder_pixel_weight) == (0.0, 0.0, 0.0)
     elif recipe.stem.endswith("_warmstart"):  # fine-tuning a converted model: a tenth of the paper's lr
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.init) == (0.01, 128, 5e-4, None)
     elif recipe.stem == "cifar10_resnet20_stem":  # the SDNet CIFAR recipe on ResNet-20, cut to a CPU budget
