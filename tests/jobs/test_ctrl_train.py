@@ -103,10 +103,10 @@ def test_reconstruction_scores_and_features():
 
 @pytest.mark.slow
 def test_short_csc_ctrl_training_on_digits_raises_dR_and_the_file_reloads(tmp_path):
-    """A few epochs of CSC-CTRL on digits (32 px, d = 16): the rate reduction of the training
+    """A few epochs of CSC-CTRL on digits (32 px, width 16, d = 16): the rate reduction of the training
     features and of the test features rises from the first epoch's (with a margin of a quarter of
     the first value); the saved autoencoder reloads with the test scores the run measured."""
-    cfg = TrainConfig(dataset="digits", image_size=32, arch="ctrl_dcgan32", csc="all", feature_dim=16,
+    cfg = TrainConfig(dataset="digits", image_size=32, arch="ctrl_dcgan32", csc="all", width=16, feature_dim=16,
                       batch_size=256, epochs=4, lr=1e-3, weight_decay=0.0, schedule="linear", min_lr=0.0,
                       augment="none", out=str(tmp_path / "run"))
     result = run_train(cfg)

@@ -132,12 +132,14 @@ def test_killed_run_resumes_bitwise_identical(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(KILL_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run([sys.executable, str(script), str(tmp_path / "ref"), "", "0"], env=env,
-                         capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
-    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "", "10"], env=env,
-                            capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL
+    # the reference run and the run to be killed are independent: side by side, one thread each
+    ref = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ref"), "", "0"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), "", "10"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ref_err, killed_err = ref.communicate()[1], killed.communicate()[1]
+    assert ref.returncode == 0, ref_err
+    assert killed.returncode == -signal.SIGKILL, killed_err
     state = tmp_path / "run" / "state.safetensors"
     from csc_cli.checkpoint import load_state
 
