@@ -35,7 +35,7 @@ test-portable: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The README's CSC-CTRL pictures: trains recipes/ctrl_digits.toml (~10 min), then csc inspect
+# The README's CSC-CTRL pictures: trains recipes/ctrl_digits.toml (~9 min), then csc inspect
 docs-figures: $(STAMP)
 	$(PY) docs/make_figures.py
 

@@ -334,7 +334,7 @@ def ctrl_dcgan32(pretrained: bool = False, **kwargs: Any) -> CTRLAutoencoder:
     model = CTRLAutoencoder(encoder, decoder, arch=arch, in_chans=in_chans, feature_dim=feature_dim, image_size=32,
                             first_conv="encoder.conv1")
     kwargs = {"in_chans": in_chans, "feature_dim": feature_dim}
-    if width != 64:  # files written before the option existed (and CTRL's width) name no width
+    if width != 64:  # a model timm builds at CTRL's width keeps the card it had before the option existed
         kwargs["width"] = width
     return _finish(model, arch, kwargs)
 
@@ -397,7 +397,7 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
                       image_size: Optional[int] = None, width: Optional[int] = None,
                       **csc_options: Any) -> CTRLAutoencoder:
     """CTRL's autoencoder (``csc='none'``) or CSC-CTRL's (``csc='all'``): see the module docstring
-    for the layers and the design choices. ``image_size`` / ``width`` are ``ctrl_resnet``'s;
+    for the layers and the design choices. ``image_size`` is ``ctrl_resnet``'s, ``width`` both's;
     ``csc_options`` (``lam``, ``steps``, ``nonneg``, ``units``...) go to every CSC layer (defaults
     ``lam=0.1, steps=2, units='code'``), except that the two end layers are always signed. The
     model's card says ``task='autoencoder'``, and its edit log rebuilds it on load."""

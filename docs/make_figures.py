@@ -1,6 +1,6 @@
 """Regenerate the README's CSC-CTRL pictures from the digits recipe (never edited by hand).
 
-    python docs/make_figures.py                      # trains recipes/ctrl_digits.toml first (~10 min)
+    python docs/make_figures.py                      # trains recipes/ctrl_digits.toml first (~9 min)
     python docs/make_figures.py --model runs/x/model.safetensors   # from a model file you have
 
 Runs ``csc inspect`` on the model and keeps two of its figures, shrunk to README size:

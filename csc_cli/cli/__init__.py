@@ -30,7 +30,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)

@@ -74,7 +74,7 @@ def train(
     ctrl_mode: Optional[CtrlMode] = _opt("--ctrl-mode", help="With labels (multi) or not.", panel=CTRL),
     feature_dim: Optional[int] = _opt("--feature-dim", help="Feature dimension d.", panel=CTRL),
     encoder_steps: Optional[int] = _opt("--encoder-steps", help="Encoder steps per decoder step.", panel=CTRL),
-    width: Optional[int] = _opt("--width", help="Width w.", panel=CTRL, default="64 dcgan32, 32 resnet"),
+    width: Optional[int] = _opt("--width", help="Autoencoder channel width w.", panel=CTRL, default="64 dcgan32, 32 resnet"),
     pixel_weight: Optional[float] = _opt("--pixel-weight", help="Decoder pixel term (0: off).", panel=CTRL),
     feature_weight: Optional[float] = _opt("--feature-weight", help="Decoder feature term (0: off).", panel=CTRL),
     encoder_pixel_weight: Optional[float] = _opt("--encoder-pixel-weight", help="Encoder pixel term (0: off).",

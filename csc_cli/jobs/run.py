@@ -152,6 +152,12 @@ def same_run(config: TrainConfig, meta: Dict[str, Any], arch: str) -> None:
     if meta.get("arch") != arch or meta.get("csc") != config.csc:
         raise ValueError(f"{config.resume} is the state of a {meta.get('arch')} (csc={meta.get('csc')}) run, "
                          f"not of {arch} (csc={config.csc})")
+    stored = meta.get("config") or {}
+    if config.autoencoder:  # the autoencoder's shape: a resume cannot change it
+        for key in ("width", "feature_dim"):
+            if key in stored and stored[key] != getattr(config, key):
+                raise ValueError(f"{config.resume} is the state of a run with {key}={stored[key]}, not "
+                                 f"{getattr(config, key)}: drop --{key.replace('_', '-')} to resume it")
 
 
 def write_summary(path: Path, history: List[Dict[str, Any]]) -> None:

@@ -26,7 +26,8 @@ def _model(csc):
 
 
 def _after_one_iteration(model, **weights):
-    """Parameters after one game iteration with plain SGD (lr 1): a change is minus the gradient."""
+    """Parameters after one game iteration with plain SGD (no momentum, lr 1e-2): a change is minus
+    lr times the gradient."""
     model = copy.deepcopy(model)
     cfg = TrainConfig(arch="ctrl_dcgan32", feature_dim=6, **weights)
     groups = [{"params": list(model.encoder.parameters())}, {"params": list(model.decoder.parameters())}]
@@ -60,14 +61,11 @@ def test_consistency_terms_move_only_the_decoder_and_linearly_in_their_weight(cs
 @pytest.mark.parametrize("csc", ["all", "none"])
 def test_the_encoder_pixel_term_moves_the_encoder_linearly_in_its_weight(csc):
     """encoder_pixel_weight adds the pixel term to the encoder's loss through g (g's weights stay put
-    in the encoder step): the encoder's change is linear in the weight, and the weight 0 is the pure
-    game's encoder step exactly (float64)."""
+    in the encoder step): the encoder's change is linear in the weight (float64)."""
     start = _model(csc)
     runs = {w: _after_one_iteration(start, encoder_pixel_weight=w)[0] for w in (0.0, 1.0, 2.0)}
-    pure, _ = _after_one_iteration(start)
     moved = 0.0
-    for p0, p1, p2, q in zip(*(runs[w].encoder.parameters() for w in (0.0, 1.0, 2.0)), pure.encoder.parameters()):
-        assert torch.equal(p0, q)
+    for p0, p1, p2 in zip(*(runs[w].encoder.parameters() for w in (0.0, 1.0, 2.0))):
         torch.testing.assert_close(p2 - p0, 2 * (p1 - p0), rtol=1e-9, atol=1e-12)
         moved += float((p1 - p0).detach().abs().sum())
     assert moved > 0

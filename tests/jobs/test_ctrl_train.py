@@ -139,6 +139,7 @@ def test_cli_trains_an_autoencoder_with_the_digits_recipe(cli, tmp_path):
     (["--csc", "stem"], "autoencoder: --csc all"),
     (["--ctrl-mode", "both"], "ctrl-mode"),
     (["--csc", "all", "--amp", "fp16"], "fp16"),
+    (["--csc", "none", "--select", "best", "--val-split", "0.1"], "--select best is for classifiers"),
 ])
 def test_bad_autoencoder_runs_are_refused_in_one_line(cli, tmp_path, args, message):
     code, out, err = cli(["train", "digits", "--arch", "ctrl_dcgan32", "--image-size", "32", *args,
@@ -249,3 +250,16 @@ def test_the_written_config_names_the_games_optimizer(tmp_path):
     assert result.resumed_from_epoch == 1 and len(result.history) == 2
     with pytest.raises(ValueError, match="CTRL game's"):  # a classifier does not take the game's optimizer
         run_train(TrainConfig(optimizer="adam", epochs=1, max_batches=1, out=str(tmp_path / "clf")))
+
+
+def test_a_resume_cannot_change_the_autoencoders_shape(cli, tmp_path):
+    """--width / --feature-dim with --resume would load a state of another shape: one line, not a
+    size-mismatch traceback from load_state_dict."""
+    base = ["train", "digits", "--arch", "ctrl_dcgan32", "--image-size", "32", "--csc", "none", "--width", "2",
+            "--feature-dim", "8", "--epochs", "1", "--max-batches", "1", "--out", str(tmp_path / "r")]
+    code, _, err = cli(base)
+    assert code == 0, err
+    state = str(tmp_path / "r" / "state.safetensors")
+    for flag, value in (("--width", "4"), ("--feature-dim", "6")):
+        code, out, err = cli(["train", "--resume", state, flag, value, "--epochs", "2"])
+        assert code == 1 and f"{flag.lstrip('-').replace('-', '_')}=" in err and "Traceback" not in err, err

@@ -11,9 +11,16 @@ one batch (:class:`GameStep`), as in the CTRL reference code (PAPER.md section 2
 ``T = dR(Z) + dR(Zh) + sum_k dR(Z_k, Zh_k)`` with labels (``ctrl_mode='multi'``), ``T = dR(Z, Zh)``
 without (``'binary'``); see :mod:`csc_cli.core.rate`. ``f`` runs separately on ``x`` and on ``g(Z)``,
 so BatchNorm sees separate batch statistics; only the real batches f(x) move the encoder's running
-statistics (eval mode must normalise real images, not a mix of real and decoded ones). One Adam
-holds the two networks as two parameter groups with their own betas (CTRL: (0.5, 0.999) for the DCGAN nets, (0, 0.9) for the ResNet ones), no
-weight decay unless asked, the learning rate decayed as ``schedule`` says (the recipes: linearly to
+statistics (eval mode must normalise real images, not a mix of real and decoded ones).
+
+Sample-wise consistency, departures from the paper's game that are 0 unless asked: ``pixel_weight``
+adds ``mean_i sum_pixels (g(f(x_i)) - x_i)^2`` and ``feature_weight`` ``mean_i ||f(x_i) -
+f(g(f(x_i)))||^2`` to the decoder's loss; ``encoder_pixel_weight`` adds the pixel term to each encoder
+step's loss, through g (whose weights stay put there). Both terms are logged at any weight; under
+torchrun they (and ``train_mse``) are the writing rank's own batch, the rates the global batch's.
+
+One Adam holds the two networks as two parameter groups with their own betas (CTRL: (0.5, 0.999)
+for the DCGAN nets, (0, 0.9) for the ResNet ones), no weight decay unless asked, the learning rate decayed as ``schedule`` says (the recipes: linearly to
 0); the network not being stepped has no gradients, so Adam leaves it (and its moments) alone. The
 model takes [0, 1] images (its input normalisation maps them to CTRL's [-1, 1]) and decodes to [0, 1].
 Under torchrun the rates are computed on the *global* batch: features are gathered from every rank
@@ -187,7 +194,8 @@ class GameStep:
         total, terms = self._objective(z, zh, y)
         loss = total
         pixel = _pixel_term(decoded, x)
-        feature = (zh.float() - z.float()).square().sum(1).mean()
+        with torch.set_grad_enabled(bool(cfg.feature_weight)):  # logged at any weight, a graph only if used
+            feature = (zh.float() - z.float()).square().sum(1).mean()
         if cfg.pixel_weight:
             loss = loss + cfg.pixel_weight * pixel
         if cfg.feature_weight:
@@ -284,6 +292,9 @@ class CTRLGame(TaskFamily):
     def prepare(self, config: TrainConfig, device: torch.device) -> None:
         if config.amp == "fp16":
             raise ValueError("the CTRL game runs in float32 or --amp bf16 (no fp16 loss scaling for two networks)")
+        if config.select == "best":
+            raise ValueError("--select best is for classifiers: an autoencoder run keeps its last epoch "
+                             "(--val-split alone reports val_psnr every epoch)")
 
     def setup(self, run: RunContext) -> None:
         config, data = run.config, run.data
