@@ -153,7 +153,8 @@ class TrainView:
                             f"{scores} {event.images_per_s:.0f} img/s")
         elif isinstance(event, GameEpochEnd):
             self._columns_for(("epoch", "T", "dR(Z)", "dR(Zh)", "pairwise", "test PSNR dB", "test dR", "img/s"))
-            self.table.add_row(str(event.epoch), f"{event.T:.2f}", f"{event.dR_Z:.2f}", f"{event.dR_Zh:.2f}",
+            terms = [("-" if v is None else f"{v:.2f}") for v in (event.dR_Z, event.dR_Zh)]  # None: binary mode
+            self.table.add_row(str(event.epoch), f"{event.T:.2f}", *terms,
                                f"{event.pairwise:.2f}", f"{event.test_psnr:.2f}", f"{event.test_dR:.2f}",
                                f"{event.images_per_s:.0f}")
             self.bar.print(f"epoch {event.epoch}: T {event.T:.2f}, test PSNR {event.test_psnr:.2f} dB, "

@@ -83,8 +83,8 @@ class GameEpochEnd(Event):
     epoch: int  # 1-based
     lr: float
     T: float
-    dR_Z: float
-    dR_Zh: float
+    dR_Z: Optional[float]  # None in binary mode (no labels: T is dR(Z, Zh))
+    dR_Zh: Optional[float]
     pairwise: float
     R_Z: float
     train_mse: float

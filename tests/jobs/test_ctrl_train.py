@@ -2,6 +2,7 @@
 PAPER.md section 2 states it and with the rate-reduction closed forms of csc_cli.core.rate."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,19 @@ def test_a_resume_cannot_change_the_autoencoders_shape(cli, tmp_path):
     for flag, value in (("--width", "4"), ("--feature-dim", "6")):
         code, out, err = cli(["train", "--resume", state, flag, value, "--epochs", "2"])
         assert code == 1 and f"{flag.lstrip('-').replace('-', '_')}=" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("csc", ["none", "all"])
+def test_a_binary_mode_run_writes_its_state_and_resumes(cli, tmp_path, csc):
+    """Binary mode has no dR(Z) / dR(Zh): the epoch rows hold null for them (the state file refuses
+    NaN, which stopped every binary run after its first epoch), and the run resumes from its state."""
+    out = tmp_path / "r"
+    args = ["train", "digits", "--arch", "ctrl_dcgan32", "--image-size", "32", "--csc", csc, "--ctrl-mode", "binary",
+            "--width", "2", "--feature-dim", "8", "--max-batches", "1", "--out", str(out)]
+    code, _, err = cli(args + ["--epochs", "1"])
+    assert code == 0, err
+    code, _, err = cli(["train", "--resume", str(out / "state.safetensors"), "--epochs", "2"])
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["dR_Z"] is None and r["dR_Zh"] is None and math.isfinite(r["T"]) for r in rows)

@@ -205,9 +205,7 @@ class GameStep:
             p.requires_grad_(True)
         self.step += 1
         out = {k: float(v.detach()) for k, v in terms.items() if v.dim() == 0}
-        out.setdefault("dR_Z", float("nan"))
-        out.setdefault("dR_Zh", float("nan"))
-        out.setdefault("pairwise", out.get("T", float("nan")))
+        out.setdefault("pairwise", out.get("T", float("nan")))  # binary mode: T is dR(Z, Zh) itself
         out["T"] = float(total.detach())
         out["pixel"], out["feature"] = float(pixel.detach()), float(feature.detach())
         out["train_mse"] = float((decoded.detach().float() - x.float()).square().mean())
@@ -326,20 +324,22 @@ class CTRLGame(TaskFamily):
         epoch_start = time.perf_counter()
         self.emit(EpochStart(epoch=epoch, batches=limit, first_batch=first_batch))
         self.model.train()
-        sums: Dict[str, float] = {k: 0.0 for k in _ROW_KEYS}
+        sums: Dict[str, float] = {}
         seen = count = 0
         for b, (x, y) in enumerate(batches, start=first_batch):
             if b >= limit:
                 break
             terms = self.game(x, y)
             for k in _ROW_KEYS:
-                sums[k] += terms.get(k, float("nan"))
+                if k in terms:  # binary mode has no dR(Z) / dR(Zh)
+                    sums[k] = sums.get(k, 0.0) + terms[k]
             count += 1
             seen += int(x.shape[0])
             self.emit(BatchEnd(epoch=epoch, batch=b + 1, batches=limit, loss=terms["T"], acc=float("nan"),
                                images_per_s=seen / max(time.perf_counter() - epoch_start, 1e-9)))
             after_step(epoch, b + 1)
-        return {k: (v / count if count else float("nan")) for k, v in sums.items()}, seen
+        # a term the mode does not have is None (JSON null: the state and metrics files refuse NaN)
+        return {k: (sums[k] / count if k in sums and count else None) for k in _ROW_KEYS}, seen
 
     def scores(self, model: nn.Module) -> Dict[str, float]:
         if self._splits is None:  # the scored images, read once (a streamed split: its first TEST_IMAGES)
