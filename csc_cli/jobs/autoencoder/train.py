@@ -193,7 +193,8 @@ class GameStep:
                 zh = model.encode(decoded)
         total, terms = self._objective(z, zh, y)
         loss = total
-        pixel = _pixel_term(decoded, x)
+        with torch.set_grad_enabled(bool(cfg.pixel_weight)):  # logged at any weight, a graph only if used
+            pixel = _pixel_term(decoded, x)
         with torch.set_grad_enabled(bool(cfg.feature_weight)):  # logged at any weight, a graph only if used
             feature = (zh.float() - z.float()).square().sum(1).mean()
         if cfg.pixel_weight:
@@ -208,7 +209,7 @@ class GameStep:
         out.setdefault("pairwise", out.get("T", float("nan")))  # binary mode: T is dR(Z, Zh) itself
         out["T"] = float(total.detach())
         out["pixel"], out["feature"] = float(pixel.detach()), float(feature.detach())
-        out["train_mse"] = float((decoded.detach().float() - x.float()).square().mean())
+        out["train_mse"] = out["pixel"] / x[0].numel()  # the same squared error, per pixel
         return out
 
 
