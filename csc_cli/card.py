@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from .continuation import ContinuationPath
 from .layers import CSC_OPTION_DEFAULTS, LAYER_CLASSES
 
 __all__ = ["ModelCard", "DataContract", "Edit", "CardError", "FORMAT", "FORMAT_VERSION", "EDIT_OPS", "TASKS",
@@ -236,6 +237,9 @@ class ModelCard:
     lambda_rule: Optional[Dict[str, Any]] = None
     training: Optional[Dict[str, Any]] = None
     notes: Dict[str, Any] = field(default_factory=dict)  # free-form (converted_from, plan counts...)
+    #: where the model is on its continuation path from the source convs (csc_cli.continuation), or
+    #: None for plain CSC layers; only written when set
+    continuation: Optional[Dict[str, Any]] = None
 
     # ------------------------------------------------------------------ queries
     def csc_edits(self) -> List[Edit]:
@@ -250,6 +254,8 @@ class ModelCard:
                "model_kwargs": dict(self.model_kwargs), "edits": [e.to_dict() for e in self.edits],
                "task": self.task, "data": self.data.to_dict(), "lambda_rule": self.lambda_rule,
                "training": self.training, "notes": self.notes}
+        if self.continuation is not None:
+            doc["continuation"] = self.continuation
         try:
             return json.loads(json.dumps(doc, allow_nan=False))
         except (TypeError, ValueError) as exc:
@@ -285,8 +291,15 @@ class ModelCard:
                 raise CardError(f"'{key}' must be an object")
         if not isinstance(doc.get("notes", {}), dict):
             raise CardError("'notes' must be an object")
+        continuation = doc.get("continuation")
+        if continuation is not None:
+            try:
+                ContinuationPath.parse(continuation)
+            except ValueError as exc:
+                raise CardError(str(exc)) from None
         return cls(arch=arch, model_kwargs=kwargs, edits=edits, task=task, data=data,
-                   lambda_rule=doc.get("lambda_rule"), training=doc.get("training"), notes=dict(doc.get("notes", {})))
+                   lambda_rule=doc.get("lambda_rule"), training=doc.get("training"), notes=dict(doc.get("notes", {})),
+                   continuation=continuation)
 
     # ------------------------------------------------------------------ free-form metadata
     def update(self, **info: Any) -> "ModelCard":

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ._version import __version__
 from .card import FORMAT, FORMAT_VERSION, CardError, ModelCard
+from .continuation import ContinuationPath, attach
 from .models import rebuild
 from .surgery import convertible, find_convs, input_normalization, set_input_normalization, sync_card
 
@@ -152,6 +153,11 @@ def load(path: PathLike, *, map_location: Union[str, torch.device] = "cpu") -> n
     model.to(map_location)
     if card.data.mean is not None:
         set_input_normalization(model, card.data.mean, card.data.std)
+    if card.continuation is not None:  # saved mid-way on its continuation path: put it back there
+        try:
+            attach(model, *ContinuationPath.parse(card.continuation))
+        except ValueError as exc:
+            raise ModelFileError(f"{path}: {exc}") from None
     return model.eval()
 
 

@@ -32,7 +32,8 @@ from .surgery import (applied_weight, conv_kind, csc_layer_for, edit_model, find
                       to_csc_edit)
 
 __all__ = ["ConvPlanEntry", "ConversionPlan", "convert", "find_convs", "replace_module", "csc_layer_for",
-           "calibrate_batchnorm", "output_distance", "conversion_report", "code_density", "store_step_sizes"]
+           "calibrate_batchnorm", "output_distance", "conversion_report", "code_density", "store_step_sizes",
+           "residual_signs"]
 
 _CSC_OPTIONS = set(CSC_OPTION_DEFAULTS)
 
@@ -110,6 +111,102 @@ def _entry(name: str, module: nn.Module, action: str, reason: str, aliases: List
         reason=reason,
         aliases=list(aliases),
     )
+
+
+# ----------------------------------------------------------------------------- signs (nonneg='auto')
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
+                nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus)
+_TRANSPARENT = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.Identity, nn.Dropout,
+                nn.Dropout2d, nn.Dropout1d, nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd, nn.Flatten)
+
+
+def _norm_act(module: nn.Module) -> bool:
+    """timm's norm + activation modules (``BatchNormAct2d``, ``GroupNormAct``...)."""
+    return type(module).__name__.endswith("NormAct2d") or type(module).__name__ in ("GroupNormAct", "LayerNormAct")
+
+
+def _is_activation(module: nn.Module) -> bool:
+    if _norm_act(module):
+        return not isinstance(getattr(module, "act", None), (nn.Identity, type(None)))
+    name = type(module).__name__
+    return isinstance(module, _ACTIVATIONS) or name.endswith(("ReLU", "Swish", "GELU", "Sigmoid"))
+
+
+def _is_transparent(module: nn.Module) -> bool:
+    name = type(module).__name__
+    return (isinstance(module, _TRANSPARENT) or name in ("DropPath", "LayerScale", "LayerScale2d", "Scale")
+            or (_norm_act(module) and not _is_activation(module)))
+
+
+def residual_signs(model: nn.Module) -> Tuple[Dict[str, Tuple[bool, str]], Optional[str]]:
+    """For ``nonneg='auto'``: which convolutions need signed codes, and why.
+
+    Traces ``model`` (``torch.fx``) and follows each conv's output through what keeps its sign
+    information (BatchNorm and other norms, dropout, drop-path, identity, pooling, flatten, scaling by
+    a constant): a conv whose output reaches an addition or subtraction -- a residual sum -- before
+    any activation must be able to subtract from the other operand, so it gets a signed code; one
+    followed by an activation (ReLU and the like) keeps the non-negative code, as SDNet's layers.
+    Returns ``({conv name: (signed, reason)}, None)``, or ``({}, why)`` when the model cannot be traced
+    (then every conv keeps the non-negative code)."""
+    import operator
+
+    import torch.fx as fx
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return (conv_kind(m) is not None or _is_activation(m) or _norm_act(m)
+                    or super().is_leaf_module(m, qualname))
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot tell"
+        return {}, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'untraceable'}"
+    modules = dict(model.named_modules())
+    adds = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
+    relus = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.nn.functional.gelu,
+             torch.nn.functional.silu, torch.sigmoid, torch.tanh, torch.nn.functional.hardswish}
+    scalings = {operator.mul, operator.truediv, operator.imul, torch.mul}
+
+    def classify(node) -> Tuple[bool, str]:
+        seen, frontier, via = set(), [(u, []) for u in node.users], []
+        reasons: List[str] = []
+        while frontier:
+            user, path = frontier.pop(0)
+            if user in seen:
+                continue
+            seen.add(user)
+            here = path + [user.name]
+            if user.op == "call_module":
+                module = modules.get(user.target)
+                if module is not None and _is_transparent(module):
+                    frontier += [(u, here) for u in user.users]
+                    continue
+                what = type(module).__name__ if module is not None else str(user.target)
+                reasons.append(f"{what} follows" if module is not None and _is_activation(module) else
+                               f"reaches {what} ({user.target})")
+                continue
+            target = user.target
+            if (user.op == "call_function" and target in adds) or (user.op == "call_method" and target in (
+                    "add", "add_", "sub", "sub_")):
+                through = f"through {', '.join(path)}" if path else "directly"
+                return True, f"signed: reaches the residual sum {user.name} {through}, before any activation"
+            if (user.op == "call_function" and target in relus) or (user.op == "call_method" and target in (
+                    "relu", "relu_")):
+                reasons.append(f"{getattr(target, '__name__', target)} follows")
+                continue
+            if (user.op == "call_function" and target in scalings) or user.op == "call_method" and target in (
+                    "flatten", "view", "reshape", "contiguous", "mul", "mul_", "div", "div_"):
+                frontier += [(u, here) for u in user.users]
+                continue
+            reasons.append(f"reaches {user.name}")
+        why = "; ".join(dict.fromkeys(reasons)) or "its output is unused"
+        return False, f"non-negative: {why}"
+
+    signs: Dict[str, Tuple[bool, str]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and conv_kind(modules.get(node.target, nn.Module())) is not None:
+            signs[str(node.target)] = classify(node)
+    return signs, None
 
 
 # ----------------------------------------------------------------------------- selection
@@ -208,7 +305,10 @@ def convert(
         dry_run: plan only, change nothing.
         input_size: ``(C, H, W)`` of the model's input: every new layer's step size is estimated
             (to convergence) and stored at the size its input has then, so the model file holds it.
-        csc_options: the CSC layers' options (``lam``, ``steps``, ``nonneg``, ``units``...).
+        csc_options: the CSC layers' options (``lam``, ``steps``, ``nonneg``, ``units``...);
+            ``nonneg='auto'`` gives signed codes to the convs whose output reaches a residual sum
+            before any activation and non-negative codes to the rest (:func:`residual_signs`; the
+            plan's reason says which and why).
 
     Returns ``(model, plan)``. Converting a converted model again changes nothing.
     """
@@ -217,6 +317,9 @@ def convert(
         raise ValueError(f"unknown CSC option(s) {sorted(unknown)}; valid: {sorted(_CSC_OPTIONS)}")
     csc_options = {"units": "conv", **csc_options}
     notes: List[str] = []
+    auto_sign = csc_options.get("nonneg") == "auto"
+    if auto_sign:
+        csc_options["nonneg"] = True
     reparam = False
     if _has_reparameterizable(model):
         if reparameterize is False:
@@ -232,6 +335,11 @@ def convert(
     if not convs:
         raise ValueError("the model has no convolution to convert")
     reasons = _select(convs, layers, _as_list(include), _as_list(exclude), kernel_sizes, depthwise)
+    signs: Dict[str, Tuple[bool, str]] = {}
+    if auto_sign:
+        signs, untraceable = residual_signs(model)
+        if untraceable:
+            notes.append(f"nonneg='auto': the model could not be traced ({untraceable}); every code is non-negative")
     entries: List[ConvPlanEntry] = []
     new_layers = []
     for name, module, kind, aliases in convs:
@@ -249,6 +357,12 @@ def convert(
                 notes_here.append("TF 'SAME' padding, resolved per input size")
             elif kind == "conv_t":
                 notes_here.append("transposed: sparse deconvolution")
+            options = csc_options
+            if auto_sign:
+                signed, why = next((signs[n] for n in (name, *aliases) if n in signs),
+                                   (False, "non-negative: not found in the traced graph"))
+                notes_here.append(why)
+                options = {**csc_options, "nonneg": not signed}
             zero = not bool(_dictionary(module, kind).any())  # e.g. a zero-initialised gain
             if zero:
                 # a zero dictionary has no atoms: its codes are 0 and, through the threshold, so
@@ -259,7 +373,7 @@ def convert(
                                   (f" at norm {ZERO_ATOM_NORM:g}, output ~0" if csc_options["units"] == "conv" else ""))
             entries.append(_entry(name, module, "replace", "; ".join(notes_here), aliases))
             if not dry_run:
-                layer = edit_model(model, to_csc_edit(module, name, aliases, **csc_options))
+                layer = edit_model(model, to_csc_edit(module, name, aliases, **options))
                 if zero:
                     with torch.no_grad():
                         nn.init.kaiming_uniform_(layer.weight, a=5 ** 0.5)

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core.lasso import BACKWARDS, METHODS, SolverTrace, solve_lasso
+from .core.lasso import BACKWARDS, METHODS, Relaxation, SolverTrace, solve_lasso
 from .core.operators import ConvGeometry, Geometry, TransposedConvGeometry, power_iteration
 
 __all__ = ["CSCConv1d", "CSCConv2d", "CSCConvNd", "CSCConvTranspose1d", "CSCConvTranspose2d", "CSCConvTransposeNd",
@@ -169,6 +169,10 @@ class CSCConvNd(nn.Module):
         # backward; 0 = the exact gradient. Not a model option, never saved.
         self.surrogate = 0.0
         self.implicit_damping = 0.0
+        # a point on the continuation path from the conv this layer replaced (csc_cli.continuation);
+        # None is the plain layer. Not a model option and not in the state dict: a model file
+        # carries the path in its card, and a loaded model gets it back from there.
+        self.relaxation: Optional[Relaxation] = None
         self.in_channels, self.out_channels, self.groups = geometry.in_channels, geometry.out_channels, geometry.groups
         self.kernel_size, self.stride, self.dilation = geometry.kernel_size, geometry.stride, geometry.dilation
 
@@ -494,6 +498,7 @@ class CSCConvNd(nn.Module):
             cg_tol=self.cg_tol,
             surrogate=self.surrogate,
             damping=self.implicit_damping,
+            relaxation=self.relaxation,
         )
         return (z.squeeze(0) if unbatched else z), diag, step
 
@@ -600,6 +605,9 @@ class CSCConvNd(nn.Module):
         s += f", method={self.method!r}, backward={self.backward!r}, step_scale={self.step_scale:g}"
         if self.units != "code":
             s += f", units={self.units!r}"
+        if self.relaxation is not None and not self.relaxation.plain:
+            r = self.relaxation
+            s += f", relaxed(lam_scale={r.lam_scale:.3g}, leak={r.leak:.3g}, tail={r.tail:.3g})"
         return s
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .card import CardError, DataContract, Edit, ModelCard
+from .continuation import current as current_path
 from .layers import (LAYER_CLASSES, CSCConvNd, applied_weight, conv_geometry, conv_kind, convertible,
                      csc_class_for, csc_layer_for)
 
@@ -170,6 +171,8 @@ def sync_card(model: nn.Module) -> ModelCard:
         first_name[id(module)] = edit
         edits.append(edit)
     card.edits = edits
+    on_path = current_path(model)
+    card.continuation = None if on_path is None else on_path[0].record(on_path[1])
     return card
 
 

@@ -50,6 +50,9 @@ def convert(
                                         rich_help_panel=LAYERS),
     nonneg: Optional[bool] = typer.Option(None, "--nonneg/--signed", help="Non-negative or signed codes.",
                                           show_default="nonneg", rich_help_panel=LAYERS),
+    signed_residuals: bool = typer.Option(False, "--signed-residuals",
+                                          help="Signed codes where a conv feeds a residual sum.",
+                                          rich_help_panel=LAYERS),
     mu: Optional[float] = typer.Option(None, help="Elastic-net weight.", show_default="0", rich_help_panel=LAYERS),
     method: Optional[Method] = typer.Option(None, help="Solver (heavy_ball: SDNet's K >= 3 update).",
                                             show_default="fista", rich_help_panel=LAYERS),
@@ -73,11 +76,17 @@ def convert(
 
     --units conv: each CSC layer answers in its conv's units (code x ||atom|| / t), so what
     follows keeps its scale -- one signed step at lambda 0 is the conv itself; code: the bare
-    sparse code, as SDNet's layers. --backward: unrolled (autograd through the K steps), implicit
+    sparse code, as SDNet's layers. --signed-residuals: signed codes for the convs whose output
+    reaches a residual sum before any activation (a non-negative code cannot subtract from its
+    shortcut), non-negative elsewhere; the plan says which and why. --backward: unrolled (autograd through the K steps), implicit
     (at the fixed point: memory independent of K) or recompute (unrolled, recomputed in backward).
     """
     from ..jobs.convert import ConvertConfig, run_convert
 
+    if signed_residuals:
+        if nonneg is False:
+            raise ValueError("--signed already makes every code signed: drop --signed-residuals or --signed")
+        nonneg = "auto"  # type: ignore[assignment]
     options = {k: v for k, v in dict(lam=lam, steps=steps, nonneg=nonneg, mu=mu, method=method,
                                      backward=backward, units=units).items() if v is not None}
     if not dry_run and out is None and not as_json:

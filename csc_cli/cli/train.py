@@ -16,8 +16,9 @@ from .progress import JobProgress, TrainView
 _D = TrainConfig.defaults()
 
 # the panels of `csc train --help`, in this order; "Options" (--recipe, the run, --help) comes first
-DATA, MODEL, CSC, OPTIM, LR, CTRL, HARDWARE = ("Data", "Model", "CSC layers", "Optimisation", "Learning rate",
-                                               "The CTRL game (autoencoders)", "Hardware & reproducibility")
+DATA, MODEL, CSC, OPTIM, LR, WARM, CTRL, HARDWARE = (
+    "Data", "Model", "CSC layers", "Optimisation", "Learning rate", "Warm start (--init a converted model)",
+    "The CTRL game (autoencoders)", "Hardware & reproducibility")
 
 
 def _opt(*names: str, help: str, panel: Optional[str] = None, default: object = None):
@@ -71,6 +72,13 @@ def train(
     milestones: Optional[str] = _opt("--milestones", help="Step decay epochs, e.g. 30,60.", panel=LR,
                                      default="none"),
     warmup_epochs: Optional[float] = _opt("--warmup-epochs", help="Linear warm-up, in epochs.", panel=LR),
+    continuation: Optional[float] = _opt("--continuation", help="Share of the run on the conv -> CSC path.",
+                                         panel=WARM),
+    distill: Optional[float] = _opt("--distill", help="Weight of distillation from the teacher.", panel=WARM),
+    distill_temperature: Optional[float] = _opt("--distill-temperature", help="Its softmax temperature T.",
+                                                panel=WARM),
+    teacher: Optional[str] = _opt("--teacher", help="Teacher model file.", panel=WARM,
+                                  default="--init's source"),
     ctrl_mode: Optional[CtrlMode] = _opt("--ctrl-mode", help="With labels (multi) or not.", panel=CTRL),
     feature_dim: Optional[int] = _opt("--feature-dim", help="Feature dimension d.", panel=CTRL),
     encoder_steps: Optional[int] = _opt("--encoder-steps", help="Encoder steps per decoder step.", panel=CTRL),
@@ -101,6 +109,10 @@ def train(
 
     --backward: unrolled (autograd through the K steps), implicit (at the fixed point: memory
     independent of K) or recompute (unrolled, recomputed in backward: less memory).
+
+    --continuation F: with --init a model from csc convert, its CSC layers start as the source
+    convs (lambda 0, signed, one step) and reach their own settings after a share F of the run's
+    steps; --distill W adds W T^2 KL(teacher || model) at temperature T to (1 - W) cross-entropy.
     """
     from ..jobs.train import run_train
 
@@ -114,7 +126,8 @@ def train(
                  init=init, checkpoint_every=checkpoint_every, max_batches=max_batches,
                  image_size=image_size, workers=workers, ctrl_mode=ctrl_mode, feature_dim=feature_dim,
                  encoder_steps=encoder_steps, width=width, pixel_weight=pixel_weight, feature_weight=feature_weight,
-                 encoder_pixel_weight=encoder_pixel_weight)
+                 encoder_pixel_weight=encoder_pixel_weight, continuation=continuation, distill=distill,
+                 distill_temperature=distill_temperature, teacher=teacher)
     flags = {k: v for k, v in given.items() if v is not None}
     if resume:  # the run's own config, then the recipe's values, then the flags
         config = TrainConfig.from_state(resume, **{**(read_recipe(recipe) if recipe else {}), **flags})

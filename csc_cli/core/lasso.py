@@ -16,6 +16,12 @@ Iterations (``t`` the step size, ``prox`` the proximal map of ``t * (lam |.| + m
   which is what the SDNet authors' code does for K >= 3. For K <= 2 all three are identical
   (``beta_2 = 0``): with ``z_0 = 0``, step 1 is ``relu(t A^T x - lam t)``.
 
+A :class:`Relaxation` moves the solver continuously away from the plain Lasso, for the continuation
+path from a conv to a CSC layer (:mod:`csc_cli.continuation`): ``lam_scale`` multiplies lam,
+``leak`` lets a non-negative code keep that share of its negative part (``leak = 1`` is the signed
+soft threshold), and ``tail`` weighs the steps after the first (the output is
+``z_1 + tail * (z_K - z_1)``; ``tail = 0`` runs one step). ``Relaxation()`` is the plain solver.
+
 Three ways to differentiate the K-step code: ``'unrolled'`` (autograd through every step, as in the
 paper), ``'recompute'`` (the same gradients, but only the input is kept and the K steps are run
 again during backward: memory of one conv, one extra forward of compute) and ``'implicit'``
@@ -61,6 +67,38 @@ def prox_l1(v: Tensor, thresh: Number, *, nonneg: bool = True, mu_step: Number =
 
 def _is_zero(value: Number) -> bool:
     return not isinstance(value, Tensor) and value == 0
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """A point on the path from a conv (one signed step at lam 0) to the plain K-step Lasso solver
+    (see the module docstring). Each value is in [0, 1]; ``Relaxation()`` changes nothing."""
+
+    lam_scale: float = 1.0
+    leak: float = 0.0
+    tail: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("lam_scale", "leak", "tail"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"relaxation {name} must be a number in [0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @property
+    def plain(self) -> bool:
+        """True when the solver is the plain Lasso solver (nothing relaxed)."""
+        return self.lam_scale == 1.0 and self.leak == 0.0 and self.tail == 1.0
+
+
+PLAIN = Relaxation()
+
+
+def leaky_soft_threshold(v: Tensor, thresh: Number, leak: float) -> Tensor:
+    """``max(v - thresh, 0) - leak * max(-v - thresh, 0)``: the non-negative soft threshold at
+    ``leak = 0``, the signed one at ``leak = 1``."""
+    out = F.relu(v - thresh)
+    return out if leak == 0.0 else out - leak * F.relu(-v - thresh)
 
 
 # ------------------------------------------------------------------ objective
@@ -132,12 +170,18 @@ def _iterate(
     z0: Optional[Tensor],
     trace: Optional[list],
     surrogate: float = 0.0,
+    leak: float = 0.0,
+    tail: float = 1.0,
 ) -> Tensor:
     """The solver loop. Works with or without autograd; appends per-step diagnostics to ``trace``
     only when one is given (so diagnostics cost nothing when off). ``surrogate > 0`` (non-negative
     codes only) keeps the forward values but back-propagates through a softplus of temperature
     ``surrogate * lam * t`` instead of the threshold's step function: an attacker's tool against
-    gradient masking by dead codes, never used in training or evaluation."""
+    gradient masking by dead codes, never used in training or evaluation. ``leak`` and ``tail``: see
+    :class:`Relaxation` (``tail = 0`` runs one step)."""
+    if tail == 0.0:
+        steps = 1
+    leak = leak if nonneg else 0.0
     size = x.shape[2:]
     step = step.to(weight.dtype)
     thresh = _lam_view(lam.to(weight.dtype), x.dim()) * step
@@ -145,10 +189,13 @@ def _iterate(
     # Fold the step into the analysis weight, and, for the usual non-negative code with one lam for
     # the batch, the threshold into the conv's bias: a step is then conv + add + relu.
     scaled = weight * step
-    fold = nonneg and thresh.dim() == 0
+    fold = nonneg and thresh.dim() == 0 and leak == 0.0
     bias = (-thresh).expand(geometry.out_channels) if fold else None
 
     def prox(v: Tensor) -> Tensor:
+        if leak:  # on the continuation path (not an attack-time surrogate's business)
+            out = leaky_soft_threshold(v, thresh, leak)
+            return out if _is_zero(mu_step) else out / (1.0 + mu_step)
         if surrogate and nonneg:
             u = v if fold else v - thresh
             scale = (surrogate * thresh).clamp_min(1e-12) if isinstance(thresh, Tensor) else max(surrogate * thresh, 1e-12)
@@ -172,12 +219,15 @@ def _iterate(
     z_prev: Optional[Tensor] = None
     z = step_from(z0, z0)
     _record(trace, x, z, z0, geometry, weight, lam, mu)
+    first = z
     for k in range(1, steps):
         beta = 0.0 if method == "ista" else betas[k]
         y = z if beta == 0.0 else z + beta * (z - (z_prev if z_prev is not None else torch.zeros_like(z)))
         grad_at = z if method == "heavy_ball" else y
         z_prev, z = z, step_from(y, grad_at)
         _record(trace, x, z, z_prev, geometry, weight, lam, mu)
+    if steps > 1 and tail != 1.0:  # the later steps phased in: z_1 + tail (z_K - z_1)
+        z = first + tail * (z - first)
     return z
 
 
@@ -288,6 +338,7 @@ def solve_lasso(
     cg_tol: float = 1e-6,
     surrogate: float = 0.0,
     damping: float = 0.0,
+    relaxation: Optional[Relaxation] = None,
 ) -> Tuple[Tensor, Optional[SolverTrace]]:
     """Run ``steps`` proximal-gradient steps on the convolutional Lasso from ``z0`` (zeros if None).
 
@@ -303,6 +354,9 @@ def solve_lasso(
         surrogate: back-propagate through a smoothed threshold (attacks only; see ``_iterate``).
         damping: Tikhonov term added to the implicit backward's system ``(A_S^T A_S + mu I)``: keeps
             it well posed when the code is far from converged and its support too large (attacks).
+        relaxation: a point on the continuation path (:class:`Relaxation`); None or
+            ``Relaxation()`` is the plain solver. Not with ``backward='implicit'`` (which
+            differentiates the plain Lasso's fixed point).
 
     Returns ``(z, trace)``: the code ``(N, C_out, *out_size)`` and a :class:`SolverTrace` or None.
     """
@@ -325,6 +379,14 @@ def solve_lasso(
     step_t = torch.as_tensor(step, dtype=None if isinstance(step, Tensor) else weight.dtype, device=x.device).detach()
     if not step_t.is_floating_point():
         step_t = step_t.to(weight.dtype)
+    relax = PLAIN if relaxation is None else relaxation
+    if not relax.plain:
+        if backward == "implicit":
+            raise ValueError("a relaxed solver (continuation path) needs backward='unrolled' or 'recompute': the "
+                             "implicit backward differentiates the plain Lasso's fixed point")
+        if relax.lam_scale != 1.0:
+            lam_t = lam_t * relax.lam_scale
+    leak, tail = relax.leak, relax.tail
     records: Optional[list] = [] if trace else None
     if backward == "implicit" and torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or lam_t.requires_grad
@@ -340,19 +402,21 @@ def solve_lasso(
         from torch.utils.checkpoint import checkpoint
 
         def run(x_, w_, lam_):
-            return _iterate(x_, w_, geometry, lam_, step_t, steps, nonneg, mu, method, z0, None, surrogate)
+            return _iterate(x_, w_, geometry, lam_, step_t, steps, nonneg, mu, method, z0, None, surrogate, leak, tail)
 
         z = checkpoint(run, x, weight, lam_t.clone(), use_reentrant=False, preserve_rng_state=False)
         if records is not None:
-            _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0)
+            _trace_again(records, x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0, leak, tail)
     else:
-        z = _iterate(x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0, records, surrogate)
+        z = _iterate(x, weight, geometry, lam_t, step_t, steps, nonneg, mu, method, z0, records, surrogate,
+                     leak, tail)
     return z, (_stack(records) if records is not None else None)
 
 
 @torch.no_grad()
-def _trace_again(records, x, weight, geometry, lam, step, steps, nonneg, mu, method, z0) -> None:
-    _iterate(x, weight, geometry, lam, step, steps, nonneg, mu, method, z0, records)
+def _trace_again(records, x, weight, geometry, lam, step, steps, nonneg, mu, method, z0, leak=0.0,
+                 tail=1.0) -> None:
+    _iterate(x, weight, geometry, lam, step, steps, nonneg, mu, method, z0, records, 0.0, leak, tail)
 
 
 def _stack(records: Sequence[tuple]) -> SolverTrace:

@@ -81,6 +81,21 @@ class TrainConfig:
     # ... and the pixel term added to the encoder's loss too (through g, whose weights stay put):
     # the encoder is then asked to keep what a reconstruction of each image needs
     encoder_pixel_weight: float = 0.0
+    # warm starts (an --init model converted by csc convert, conv units): the continuation path moves
+    # its CSC layers from the source convs (lambda 0, signed, one step) to their own settings over
+    # this share of the run's optimizer steps (0: off; csc_cli.continuation); each factor ramps
+    # over its own window of the path, linearly or along a half cosine
+    continuation: float = 0.0
+    continuation_lam: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    continuation_nonneg: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    continuation_tail: List[float] = field(default_factory=lambda: [0.0, 1.0])
+    continuation_shape: str = "linear"
+    # distillation from a teacher: loss (1 - w) CE + w T^2 KL(softmax(teacher / T) || softmax(student / T));
+    # the teacher is a model file, or (None) the --init model's source function: a converted model at
+    # the start of its path is the ConvNet it was converted from
+    distill: float = 0.0
+    distill_temperature: float = 4.0
+    teacher: Optional[str] = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -151,6 +166,15 @@ class TrainConfig:
         need(self.width is None or self.width >= 1, f"width must be >= 1, got {self.width}")
         need(all(0 <= b < 1 for b in (self.encoder_beta1, self.encoder_beta2, self.decoder_beta1, self.decoder_beta2)),
              "Adam betas must be in [0, 1)")
+        need(0 <= self.continuation <= 1, f"continuation must be a share of the run in [0, 1], got {self.continuation}")
+        for name in ("continuation_lam", "continuation_nonneg", "continuation_tail"):
+            window = getattr(self, name)
+            need(isinstance(window, (list, tuple)) and len(window) == 2 and 0 <= window[0] <= window[1] <= 1,
+                 f"{name} must be [start, end] with 0 <= start <= end <= 1, got {window!r}")
+        need(self.continuation_shape in ("linear", "cosine"),
+             f"continuation_shape must be linear or cosine, got {self.continuation_shape!r}")
+        need(0 <= self.distill <= 1, f"distill must be a weight in [0, 1], got {self.distill}")
+        need(self.distill_temperature > 0, f"distill temperature must be > 0, got {self.distill_temperature}")
         if self.arch in CTRL_ARCHS and not self.init:
             need(self.csc in ("all", "none"), f"{self.arch} is an autoencoder: --csc all (CSC-CTRL) or none (CTRL), "
                                               f"not {self.csc!r}")
@@ -195,6 +219,10 @@ def read_recipe(path: Path) -> Dict[str, Any]:
             raise ValueError(f"recipe {path}: {key} must be a number, got {value!r}")
         if expected is str and not isinstance(value, str):
             raise ValueError(f"recipe {path}: {key} must be a string, got {value!r}")
-        if expected is list and not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+        if expected is list and key == "milestones" and not (
+                isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
             raise ValueError(f"recipe {path}: {key} must be a list of integers, got {value!r}")
+        if expected is list and not (isinstance(value, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ValueError(f"recipe {path}: {key} must be a list of numbers, got {value!r}")
     return data

@@ -124,14 +124,16 @@ class EMA:
 
 
 Batch = Tuple[Tensor, Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``loss(output, target, inputs)``: the objective of one batch (``inputs`` as the model saw them)
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass
 class StepRunner:
     """Optimizer steps over batches: learning rate per step, autocast, (scaled) backward, gradient
-    clipping, the EMA update. ``loss(output, target)`` is the objective (cross-entropy for a
-    classifier); ``step`` counts optimizer steps over the whole run."""
+    clipping, the EMA update. ``loss(output, target, inputs)`` is the objective (cross-entropy for a
+    classifier); ``step`` counts optimizer steps over the whole run; ``after_update(step)`` runs after
+    each optimizer step with the new count (e.g. to move the model along its continuation path)."""
 
     model: nn.Module  # the module whose parameters are clipped and averaged
     train_model: nn.Module  # what the batches go through (the model, or its DDP / compiled wrapper)
@@ -145,6 +147,7 @@ class StepRunner:
     scaler: Optional[Any] = None
     ema: Optional[EMA] = None
     step: int = 0
+    after_update: Optional[Callable[[int], None]] = None
 
     def epoch(self, batches: Iterable[Batch], epoch: int, first_batch: int, limit: int,
               emit: ProgressFn, after_step: Optional[Callable[[int, int], None]] = None) -> Tally:
@@ -175,7 +178,7 @@ class StepRunner:
             group["lr"] = self.lr(self.step)
         with autocast(self.device, self.amp):
             logits = self.train_model(x)
-            loss = self.loss(logits, y)
+            loss = self.loss(logits, y, x)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -192,7 +195,19 @@ class StepRunner:
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
+        if self.after_update is not None:
+            self.after_update(self.step)
         return loss, logits, y
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """Hinton et al.'s distillation term: ``T^2 KL(softmax(teacher / T) || softmax(student / T))``,
+    averaged over the batch (the ``T^2`` keeps its gradients on the scale of the hard-label loss)."""
+    t = float(temperature)
+    log_p_teacher = torch.log_softmax(teacher.float() / t, dim=1)
+    log_p_student = torch.log_softmax(student.float() / t, dim=1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1).mean()
+    return kl * (t * t)
 
 
 # ----------------------------------------------------------------------------- resumable state

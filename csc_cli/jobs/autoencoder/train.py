@@ -294,6 +294,9 @@ class CTRLGame(TaskFamily):
         if config.select == "best":
             raise ValueError("--select best is for classifiers: an autoencoder run keeps its last epoch "
                              "(--val-split alone reports val_psnr every epoch)")
+        if config.continuation or config.distill:
+            raise ValueError("--continuation and --distill are for classifiers converted from a ConvNet: the CTRL game "
+                             "has neither (drop them)")
 
     def setup(self, run: RunContext) -> None:
         config, data = run.config, run.data

@@ -11,6 +11,7 @@ held-out split of the training data, selection of the best epoch on it -- never 
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -21,6 +22,8 @@ from torch import Tensor
 
 from ...checkpoint import load
 from ...choices import GAME_OPTIMIZER, OPTIMIZERS
+from ...continuation import ContinuationPath, attach, current
+from ...layers import csc_layers
 from ...data.pipeline import Batches
 from ...models import build_model, resolve_arch
 from ...surgery import card_of, set_input_normalization
@@ -29,7 +32,7 @@ from ..events import EpochEnd, ProgressFn
 from ..run import AfterStep, RunContext, TaskFamily, TrainResult, run_training
 from ..train_config import TrainConfig
 from ..train_data import DataBundle
-from ..training import EMA, StepRunner, lr_at, make_optimizer, refresh_step_sizes
+from ..training import EMA, StepRunner, distillation_loss, lr_at, make_optimizer, refresh_step_sizes
 
 __all__ = ["ClassifierTraining", "run_classifier_train", "evaluate", "validate_epoch"]
 
@@ -53,6 +56,10 @@ def _build(config: TrainConfig, data: DataBundle, notes: List[str]) -> nn.Module
     with CSC layers; it takes raw [0, 1] images (its input normalisation is part of it)."""
     if config.init:
         model = load(config.init)
+        on_path = current(model)
+        if on_path is not None:
+            raise ValueError(f"{config.init} was saved at step {on_path[1]} of its {on_path[0].steps}-step continuation "
+                             "path: resume that run with --resume STATE, or start from the converted model")
         if getattr(model, "num_classes", data.num_classes) != data.num_classes:
             model.reset_classifier(data.num_classes)
             card_of(model).model_kwargs["num_classes"] = data.num_classes
@@ -80,6 +87,11 @@ class ClassifierTraining(TaskFamily):
                              f"with {' or '.join(OPTIMIZERS)}")
         if config.amp != "none" and device.type != "cuda" and config.amp == "fp16":
             raise ValueError("--amp fp16 needs a CUDA device (use bf16 on a CPU)")
+        if config.continuation > 0 and config.init is None:
+            raise ValueError("--continuation starts from a converted model: give it with --init FILE "
+                             "(csc convert MODEL --out FILE)")
+        if config.distill > 0 and config.init is None and config.teacher is None:
+            raise ValueError("--distill needs a teacher: --teacher FILE, or --init FILE (its model at the start teaches)")
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
@@ -94,6 +106,8 @@ class ClassifierTraining(TaskFamily):
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
+        self.path = self._continuation(config, run) if config.continuation > 0 else None
+        self.teacher = self._teacher(config, run) if config.distill > 0 else None
         self.optimizer = make_optimizer(config, model)
         self.ema = EMA(model, config.ema) if config.ema > 0 else None
         train_model: nn.Module = run.dist.wrap(model) if run.dist.active else model
@@ -102,9 +116,56 @@ class ClassifierTraining(TaskFamily):
         self.runner = StepRunner(model, train_model, self.optimizer, device=run.device, amp=config.amp,
                                  channels_last=config.channels_last, clip_grad=config.clip_grad, ema=self.ema,
                                  scaler=torch.amp.GradScaler("cuda") if config.amp == "fp16" else None,
-                                 lr=lambda step: lr_at(config, step, run.steps_per_epoch),
-                                 loss=lambda logits, y: F.cross_entropy(logits.float(), y,
-                                                                        label_smoothing=config.label_smoothing))
+                                 lr=lambda step: lr_at(config, step, run.steps_per_epoch), loss=self._loss,
+                                 after_update=self._move_along if self.path is not None else None)
+
+    # ------------------------------------------------------------------ warm starts
+    def _continuation(self, config: TrainConfig, run: RunContext) -> ContinuationPath:
+        """The path of the converted --init model, put at its start (the source function); the
+        test accuracy there is recorded, so the report says how far the run moved from it."""
+        total = config.epochs * run.steps_per_epoch
+        path = ContinuationPath(steps=max(1, round(config.continuation * total)), lam=tuple(config.continuation_lam),
+                                nonneg=tuple(config.continuation_nonneg), tail=tuple(config.continuation_tail),
+                                shape=config.continuation_shape)
+        attach(self.model, path, 0)
+        self.start_scores = None
+        if not config.resume:
+            self.start_scores = evaluate(self.model, run.data.test, run.device, config.amp, config.channels_last)
+            run.notes.append(f"continuation: {path.steps} of the run's {total} steps move the CSC layers from the source "
+                             f"convs to their own settings; at the start (the source function) test accuracy "
+                             f"{self.start_scores['acc']:.2%}")
+        return path
+
+    def _teacher(self, config: TrainConfig, run: RunContext) -> nn.Module:
+        """The distillation teacher, frozen in eval mode: --teacher's model, or the --init model's
+        source function -- a converted model (CSC layers in conv units) at the start of a path, which
+        is the ConvNet it was converted from; a model without such layers as it is."""
+        if config.teacher:
+            teacher = load(config.teacher)
+        else:
+            teacher = copy.deepcopy(self.model)
+            layers = csc_layers(teacher)
+            if layers and all(layer.units == "conv" for layer in layers.values()):
+                attach(teacher, ContinuationPath(steps=1), 0)
+        teacher.to(run.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def _move_along(self, step: int) -> None:
+        attach(self.model, self.path, step)
+        if self.ema is not None:
+            attach(self.ema.model, self.path, step)
+
+    def _loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        config = self.config
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            target = self.teacher(x)
+        return (1 - config.distill) * loss + config.distill * distillation_loss(logits, target,
+                                                                                config.distill_temperature)
 
     @property
     def step(self) -> int:
@@ -113,6 +174,8 @@ class ClassifierTraining(TaskFamily):
     @step.setter
     def step(self, value: int) -> None:
         self.runner.step = value
+        if self.path is not None:  # a resumed run: back where the path was
+            self._move_along(value)
 
     def train_epoch(self, batches: Iterable[Tuple[Tensor, Tensor]], epoch: int, first_batch: int,
                     after_step: AfterStep) -> Tuple[Dict[str, float], int]:
@@ -138,7 +201,15 @@ class ClassifierTraining(TaskFamily):
         return None
 
     def summary(self, last: Dict[str, Any], best: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        return {"last_test_acc": last.get("test_acc"), "selected": self.config.select, "best": best}
+        out = {"last_test_acc": last.get("test_acc"), "selected": self.config.select, "best": best}
+        if self.path is not None:
+            on_path = current(self.model)
+            out["continuation"] = {"steps": self.path.steps, "finished": on_path is None,
+                                   "start_test_acc": None if self.start_scores is None else self.start_scores["acc"]}
+        if self.teacher is not None:
+            out["distill"] = {"weight": self.config.distill, "temperature": self.config.distill_temperature,
+                              "teacher": self.config.teacher or "the --init model's source function"}
+        return out
 
     def final_model(self) -> nn.Module:
         return self.ema.model if self.ema is not None else self.model
