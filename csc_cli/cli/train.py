@@ -72,9 +72,9 @@ def train(
     milestones: Optional[str] = _opt("--milestones", help="Step decay epochs, e.g. 30,60.", panel=LR,
                                      default="none"),
     warmup_epochs: Optional[float] = _opt("--warmup-epochs", help="Linear warm-up, in epochs.", panel=LR),
-    continuation: Optional[float] = _opt("--continuation", help="Share of the run on the conv -> CSC path.",
+    continuation: Optional[float] = _opt("--continuation", help="Share of the run on the path.",
                                          panel=WARM),
-    distill: Optional[float] = _opt("--distill", help="Weight of distillation from the teacher.", panel=WARM),
+    distill: Optional[float] = _opt("--distill", help="Distillation weight.", panel=WARM),
     distill_temperature: Optional[float] = _opt("--distill-temperature", help="Its softmax temperature T.",
                                                 panel=WARM),
     teacher: Optional[str] = _opt("--teacher", help="Teacher model file.", panel=WARM,
@@ -110,9 +110,8 @@ def train(
     --backward: unrolled (autograd through the K steps), implicit (at the fixed point: memory
     independent of K) or recompute (unrolled, recomputed in backward: less memory).
 
-    --continuation F: with --init a model from csc convert, its CSC layers start as the source
-    convs (lambda 0, signed, one step) and reach their own settings after a share F of the run's
-    steps; --distill W adds W T^2 KL(teacher || model) at temperature T to (1 - W) cross-entropy.
+    --continuation F (--init from csc convert): the CSC layers start as the source convs and reach
+    their settings after a share F of the steps; --distill W: (1 - W) CE + W T^2 KL(teacher||model).
     """
     from ..jobs.train import run_train
 
