@@ -6,10 +6,12 @@ and fine-tuned with ``recipes/cifar10_warmstart.toml`` for each of ``--epochs`` 
 schedules depend on the run's length), on the same data and seed:
 
 * ``cliff``  -- non-negative codes everywhere, no path, no distillation (before issue 25);
-* ``path``   -- the recipe's defaults: signed codes where a conv feeds a residual sum
-  (``--signed-residuals``), the continuation path and distillation from the source;
-* ``path-nodistill`` / ``signed-cliff`` -- ablations: the path without the teacher; signed residual
-  codes without the path.
+* ``signed-cliff`` -- signed codes where a conv feeds a residual sum (``--signed-residuals``) only;
+* ``recipe`` -- ``--signed-residuals`` and the recipe as shipped (distillation from the source);
+* ``path`` / ``path-nodistill`` -- ``--signed-residuals`` and the continuation path over half the run,
+  with / without the recipe's distillation (``--set continuation=0.2`` changes its share).
+
+``--set KEY=VALUE`` overrides a recipe number for every variant of the call.
 
 Each row gives the test accuracy right after the conversion (for a path, at its start: the source),
 then after every epoch (and, with --val-split, the held-out accuracy the settings were chosen on;
@@ -37,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "cliff": dict(nonneg=True, continuation=0.0, distill=0.0),
     "signed-cliff": dict(nonneg="auto", continuation=0.0, distill=0.0),
-    "path-nodistill": dict(nonneg="auto", continuation=None, distill=0.0),
-    "path": dict(nonneg="auto", continuation=None, distill=None),  # None: the recipe's value
+    "recipe": dict(nonneg="auto", continuation=None, distill=None),  # None: the recipe's value
+    "path-nodistill": dict(nonneg="auto", continuation=0.5, distill=0.0),
+    "path": dict(nonneg="auto", continuation=0.5, distill=None),
 }
 
 
