@@ -99,9 +99,10 @@ def summarize(folders) -> None:
         last = rows[-1]
         pixels = config.get("image_size", 32) ** 2  # digits are gray: the pixel term sums this many
         train_mode = 10 * math.log10(pixels / last["pixel"])
+        num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731 - binary mode has no dR(Zh), pairwise
         print(f"| {Path(folder).name} | {int(len(rows) * per_epoch)} | {last['val_psnr']:.2f} "
-              f"({max(r['val_psnr'] for r in rows):.2f}) | {train_mode:.2f} | {last['dR_Z']:.2f} | "
-              f"{last['dR_Zh']:.2f} | {last['pairwise']:.2f} |")
+              f"({max(r['val_psnr'] for r in rows):.2f}) | {train_mode:.2f} | {num(last['dR_Z'])} | "
+              f"{num(last['dR_Zh'])} | {num(last['pairwise'])} |")
 
 
 def main() -> None:
