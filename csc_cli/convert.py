@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from .card import Edit
 from .layers import CSC_OPTION_DEFAULTS, CSCConvNd, csc_layers
+from .metrics import softmax_kl
 from .surgery import (applied_weight, conv_kind, csc_layer_for, edit_model, find_convs, replace_module,
                       to_csc_edit)
 
@@ -168,7 +169,7 @@ def residual_signs(model: nn.Module) -> Tuple[Dict[str, Tuple[bool, str]], Optio
     scalings = {operator.mul, operator.truediv, operator.imul, torch.mul}
 
     def classify(node) -> Tuple[bool, str]:
-        seen, frontier, via = set(), [(u, []) for u in node.users], []
+        seen, frontier = set(), [(u, []) for u in node.users]
         reasons: List[str] = []
         while frontier:
             user, path = frontier.pop(0)
@@ -464,9 +465,7 @@ def _compare(p: torch.Tensor, q: torch.Tensor) -> Dict[str, Any]:
     p, q = p.float(), q.float()
     if p.shape != q.shape:
         raise ValueError(f"output shapes differ: {tuple(p.shape)} vs {tuple(q.shape)}")
-    logp = torch.log_softmax(p.flatten(1), dim=1)
-    logq = torch.log_softmax(q.flatten(1), dim=1)
-    kl = (logp.exp() * (logp - logq)).sum(dim=1).mean()
+    kl = softmax_kl(p.flatten(1), q.flatten(1))
     agree = (p.flatten(1).argmax(1) == q.flatten(1).argmax(1)).float().mean()
     return {"top1_agreement": float(agree), "kl": float(kl), "images": int(p.shape[0])}
 

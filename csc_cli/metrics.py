@@ -32,13 +32,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "ssim", "gaussian_window", "Subspaces", "fit_subspaces", "nearest_subspace",
+__all__ = ["softmax_kl", "psnr", "ssim", "gaussian_window", "Subspaces", "fit_subspaces", "nearest_subspace",
            "fid_features", "frechet_distance", "feature_statistics", "fid", "inception_net", "inception_inputs"]
 
 SSIM_K1, SSIM_K2, SSIM_WINDOW, SSIM_SIGMA = 0.01, 0.03, 11, 1.5
 
 
 # ----------------------------------------------------------------------------- PSNR / SSIM
+def softmax_kl(reference: Tensor, candidate: Tensor, temperature: float = 1.0) -> Tensor:
+    """``KL(softmax(reference / T) || softmax(candidate / T))`` of two ``(N, classes)`` logit tensors,
+    averaged over the N rows (a tensor: differentiable in both)."""
+    log_p = torch.log_softmax(reference / temperature, dim=1)
+    log_q = torch.log_softmax(candidate / temperature, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+
+
 def psnr(x: Tensor, y: Tensor, peak: float = 1.0) -> float:
     """PSNR in dB of ``x`` against ``y`` (the mean squared error over everything; ``inf`` if equal)."""
     mse = float((x.double() - y.double()).square().mean())

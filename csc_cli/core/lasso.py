@@ -57,11 +57,15 @@ def nonneg_soft_threshold(v: Tensor, thresh: Number) -> Tensor:
     return F.relu(v - thresh)
 
 
-def prox_l1(v: Tensor, thresh: Number, *, nonneg: bool = True, mu_step: Number = 0.0) -> Tensor:
+def prox_l1(v: Tensor, thresh: Number, *, nonneg: bool = True, mu_step: Number = 0.0, leak: float = 0.0) -> Tensor:
     """Prox of ``t * (lam ||.||_1 + mu/2 ||.||^2)`` (with ``thresh = lam t``, ``mu_step = mu t``),
     restricted to ``z >= 0`` when ``nonneg``: the (non-negative) soft threshold, then the elastic-net
-    shrink ``1 / (1 + mu t)``."""
-    out = nonneg_soft_threshold(v, thresh) if nonneg else soft_threshold(v, thresh)
+    shrink ``1 / (1 + mu t)``. ``leak > 0`` (non-negative codes on the continuation path) keeps that
+    share of the negative part: :func:`leaky_soft_threshold`."""
+    if nonneg and leak:
+        out = leaky_soft_threshold(v, thresh, leak)
+    else:
+        out = nonneg_soft_threshold(v, thresh) if nonneg else soft_threshold(v, thresh)
     return out if _is_zero(mu_step) else out / (1.0 + mu_step)
 
 
@@ -97,7 +101,7 @@ PLAIN = Relaxation()
 def leaky_soft_threshold(v: Tensor, thresh: Number, leak: float) -> Tensor:
     """``max(v - thresh, 0) - leak * max(-v - thresh, 0)``: the non-negative soft threshold at
     ``leak = 0``, the signed one at ``leak = 1``."""
-    out = F.relu(v - thresh)
+    out = nonneg_soft_threshold(v, thresh)
     return out if leak == 0.0 else out - leak * F.relu(-v - thresh)
 
 
@@ -193,10 +197,7 @@ def _iterate(
     bias = (-thresh).expand(geometry.out_channels) if fold else None
 
     def prox(v: Tensor) -> Tensor:
-        if leak:  # on the continuation path (not an attack-time surrogate's business)
-            out = leaky_soft_threshold(v, thresh, leak)
-            return out if _is_zero(mu_step) else out / (1.0 + mu_step)
-        if surrogate and nonneg:
+        if surrogate and nonneg and not leak:  # (on the continuation path: no attack-time surrogate)
             u = v if fold else v - thresh
             scale = (surrogate * thresh).clamp_min(1e-12) if isinstance(thresh, Tensor) else max(surrogate * thresh, 1e-12)
             soft = scale * F.softplus(u / scale)
@@ -207,7 +208,7 @@ def _iterate(
             # allocation per step; relu keeps its output, which is what its backward needs)
             out = F.relu(v, inplace=True)
             return out if _is_zero(mu_step) else out / (1.0 + mu_step)
-        return prox_l1(v, thresh, nonneg=nonneg, mu_step=mu_step)
+        return prox_l1(v, thresh, nonneg=nonneg, mu_step=mu_step, leak=leak)
 
     def step_from(y: Optional[Tensor], grad_at: Optional[Tensor]) -> Tensor:
         """``prox(y + t A^T (x - A grad_at))``; ``None`` stands for the all-zero code."""

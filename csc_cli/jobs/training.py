@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..checkpoint import load_state, save_state
 from ..layers import csc_layers
+from ..metrics import softmax_kl
 from .common import Tally, autocast
 from .events import BatchEnd, EpochStart, ProgressFn
 
@@ -204,10 +205,7 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
     """Hinton et al.'s distillation term: ``T^2 KL(softmax(teacher / T) || softmax(student / T))``,
     averaged over the batch (the ``T^2`` keeps its gradients on the scale of the hard-label loss)."""
     t = float(temperature)
-    log_p_teacher = torch.log_softmax(teacher.float() / t, dim=1)
-    log_p_student = torch.log_softmax(student.float() / t, dim=1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1).mean()
-    return kl * (t * t)
+    return softmax_kl(teacher.float(), student.float(), t) * (t * t)
 
 
 # ----------------------------------------------------------------------------- resumable state

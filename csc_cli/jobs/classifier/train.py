@@ -117,7 +117,7 @@ class ClassifierTraining(TaskFamily):
                                  channels_last=config.channels_last, clip_grad=config.clip_grad, ema=self.ema,
                                  scaler=torch.amp.GradScaler("cuda") if config.amp == "fp16" else None,
                                  lr=lambda step: lr_at(config, step, run.steps_per_epoch), loss=self._loss,
-                                 after_update=self._move_along if self.path is not None else None)
+                                 after_update=self._after_update if self.path is not None else None)
 
     # ------------------------------------------------------------------ warm starts
     def _continuation(self, config: TrainConfig, run: RunContext) -> ContinuationPath:
@@ -151,6 +151,10 @@ class ClassifierTraining(TaskFamily):
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher
+
+    def _after_update(self, step: int) -> None:
+        if step <= self.path.steps:  # past its end the path was finished at step == steps: nothing to do
+            self._move_along(step)
 
     def _move_along(self, step: int) -> None:
         attach(self.model, self.path, step)
