@@ -22,7 +22,7 @@ WIDTH = 80
 
 PANELS = {
     "train": ["Arguments", "Options", "Data", "Model", "CSC layers", "Optimisation", "Learning rate",
-              "Warm start (--init a converted model)",
+              "Warm start (--init a converted model)", "Robustness (classifiers)",
               "The CTRL game (autoencoders)", "Hardware & reproducibility"],
     "convert": ["Arguments", "Options", "Source", "Which convolutions", "CSC layers", "Check on data"],
     "eval": ["Arguments", "Options", "Data", "Corruptions", "Test-time lambda", "Calibrating lambda", "Autoencoders"],

@@ -136,9 +136,11 @@ class TrainView:
             self._columns = True
 
     def __call__(self, event) -> None:
-        from ..jobs.events import BatchEnd, EpochEnd, EpochStart, GameEpochEnd, TrainStart
+        from ..jobs.events import BatchEnd, EpochEnd, EpochStart, GameEpochEnd, Step, TrainStart
 
-        if isinstance(event, TrainStart):
+        if isinstance(event, Step):  # after the epochs: calibrating the lambda rule
+            self.bar.update(event.stage, event.done, event.total, event.detail)
+        elif isinstance(event, TrainStart):
             self.epochs = event.epochs
             for note in event.notes:
                 self.bar.print(f"note: {note}")

@@ -16,9 +16,9 @@ from .progress import JobProgress, TrainView
 _D = TrainConfig.defaults()
 
 # the panels of `csc train --help`, in this order; "Options" (--recipe, the run, --help) comes first
-DATA, MODEL, CSC, OPTIM, LR, WARM, CTRL, HARDWARE = (
+DATA, MODEL, CSC, OPTIM, LR, WARM, ROBUST, CTRL, HARDWARE = (
     "Data", "Model", "CSC layers", "Optimisation", "Learning rate", "Warm start (--init a converted model)",
-    "The CTRL game (autoencoders)", "Hardware & reproducibility")
+    "Robustness (classifiers)", "The CTRL game (autoencoders)", "Hardware & reproducibility")
 
 
 def _opt(*names: str, help: str, panel: Optional[str] = None, default: object = None):
@@ -79,6 +79,12 @@ def train(
                                                 panel=WARM),
     teacher: Optional[str] = _opt("--teacher", help="Teacher model file.", panel=WARM,
                                   default="--init's source"),
+    noise_augment: Optional[float] = _opt("--noise-augment", help="Noise sigma up to this.",
+                                          panel=ROBUST),
+    lambda_jitter: Optional[str] = _opt("--lambda-jitter", help="Lambda per image in LO,HI.",
+                                        panel=ROBUST, default="off"),
+    calibrate_lambda: Optional[bool] = _opt("--calibrate-lambda/--no-calibrate-lambda",
+                                            help="Store --lambda auto's rule.", panel=ROBUST),
     ctrl_mode: Optional[CtrlMode] = _opt("--ctrl-mode", help="With labels (multi) or not.", panel=CTRL),
     feature_dim: Optional[int] = _opt("--feature-dim", help="Feature dimension d.", panel=CTRL),
     encoder_steps: Optional[int] = _opt("--encoder-steps", help="Encoder steps per decoder step.", panel=CTRL),
@@ -102,16 +108,12 @@ def train(
     continues a run exactly as it was configured. A run writes metrics, the resolved config,
     resumable state and a self-describing model file into --out.
 
-    --arch: resnet20_cifar, resnet18_cifar, resnet34_cifar or any timm ConvNet (up to 64 px,
-    resnet18/34 mean the CIFAR layout; timm:resnet18 is timm's). --csc stem is SDNet, all
-    SDNet-All, none the plain ConvNet. The autoencoders ctrl_dcgan32 and ctrl_resnet are trained
-    by the CTRL game: there --csc all is CSC-CTRL, none is CTRL.
+    --arch: resnet20_cifar, resnet18/34_cifar (the CIFAR layout; resnet18 means it), timm:NAME
+    (any timm ConvNet, up to 64 px) or the autoencoders ctrl_dcgan32, ctrl_resnet (trained by the
+    CTRL game: --csc all is CSC-CTRL, none CTRL). --csc stem is SDNet, all SDNet-All, none plain.
 
-    --backward: unrolled (autograd through the K steps), implicit (at the fixed point: memory
-    independent of K) or recompute (unrolled, recomputed in backward: less memory).
-
-    --continuation F (--init from csc convert): the CSC layers start as the source convs and reach
-    their settings after a share F of the steps; --distill W: (1 - W) CE + W T^2 KL(teacher||model).
+    --continuation F (--init a converted model): the CSC layers go from the source convs to
+    their settings over a share F of the steps. --distill W: (1-W) CE + W T^2 KL.
     """
     from ..jobs.train import run_train
 
@@ -126,7 +128,9 @@ def train(
                  image_size=image_size, workers=workers, ctrl_mode=ctrl_mode, feature_dim=feature_dim,
                  encoder_steps=encoder_steps, width=width, pixel_weight=pixel_weight, feature_weight=feature_weight,
                  encoder_pixel_weight=encoder_pixel_weight, continuation=continuation, distill=distill,
-                 distill_temperature=distill_temperature, teacher=teacher)
+                 distill_temperature=distill_temperature, teacher=teacher, noise_augment=noise_augment,
+                 lambda_jitter=_pair(lambda_jitter, "--lambda-jitter") if lambda_jitter else None,
+                 calibrate_lambda=calibrate_lambda)
     flags = {k: v for k, v in given.items() if v is not None}
     if resume:  # the run's own config, then the recipe's values, then the flags
         config = TrainConfig.from_state(resume, **{**(read_recipe(recipe) if recipe else {}), **flags})
@@ -144,3 +148,10 @@ def train(
     console.print(view.table)
     render.train(result)
 
+
+
+def _pair(text: str, flag: str) -> list:
+    values = floats(text)
+    if len(values) != 2:
+        raise typer.BadParameter(f"{flag} takes two numbers LO,HI (e.g. 0.1,0.5), got {text!r}")
+    return values

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .pipeline import add_noise, check_noise
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -93,8 +95,10 @@ class FolderBatches:
     rank: int = 0
     world_size: int = 1
     workers: int = 2
+    noise: float = 0.0  # gaussian noise augmentation's largest sigma (csc_cli.data.pipeline.add_noise)
 
     def __post_init__(self) -> None:
+        check_noise(self.noise)
         self.dataset = _SeededFolder(find_split(Path(self.root), self.split),
                                      transforms_for(self.training, self.image_size, self.augment), self.seed)
         if len(self.dataset) == 0:
@@ -126,7 +130,9 @@ class FolderBatches:
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=_Indices(order),
                             num_workers=self.workers, drop_last=self.drop_last, persistent_workers=False,
                             generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-        for x, y in loader:
+        for b, (x, y) in enumerate(loader, start=start_batch):
+            if self.noise:  # seeded by (seed, epoch, batch), as the in-memory batches' draws
+                x = add_noise(x, self.noise, torch.Generator().manual_seed((self.seed * 100003 + epoch) * 7919 + b))
             yield x, y
 
     def head(self, n: int) -> Tensor:

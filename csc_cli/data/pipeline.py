@@ -23,6 +23,8 @@ class Batches:
 
     ``augment``: 'none', 'crop' (random crop after zero padding by ``pad``), 'crop_flip' (plus a
     horizontal flip, CIFAR's), or 'imagenet' (random resized crop to the image size + flip).
+    ``noise``: after the augmentation, gaussian noise of a per-image standard deviation drawn
+    uniformly from ``[0, noise]`` (pixels in [0, 1], clipped back to it; :func:`add_noise`).
     """
 
     images: Tensor  # float32 in [0, 1], (N, C, H, W)
@@ -35,10 +37,12 @@ class Batches:
     drop_last: bool = False
     rank: int = 0
     world_size: int = 1
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        check_noise(self.noise)
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
 
@@ -64,10 +68,28 @@ class Batches:
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images[idx]
-            if self.augment != "none":
+            if self.augment != "none" or self.noise:
                 gen = torch.Generator().manual_seed((self.seed * 100003 + epoch) * 7919 + b)
-                x = augment_batch(x, self.augment, self.pad, gen)
+                if self.augment != "none":
+                    x = augment_batch(x, self.augment, self.pad, gen)
+                if self.noise:
+                    x = add_noise(x, self.noise, gen)
             yield x, self.labels[idx]
+
+
+def check_noise(noise: float) -> None:
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
+        raise ValueError(f"the noise augmentation's largest sigma must be in [0, 1] (pixels in [0, 1]), got {noise!r}")
+
+
+def add_noise(x: Tensor, max_sigma: float, gen: torch.Generator) -> Tensor:
+    """Gaussian noise augmentation: each image gets ``N(0, s^2)`` per pixel with its own ``s`` drawn
+    uniformly from ``[0, max_sigma]`` (CIFAR-10-C's gaussian_noise severities are s = 0.04 ... 0.10),
+    then the pixels are clipped to [0, 1] as a stored noisy image would be. Draws from ``gen``."""
+    n = x.shape[0]
+    sigma = torch.rand(n, generator=gen, dtype=torch.float64).to(x.dtype) * max_sigma
+    noise = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return (x + sigma.view(n, *([1] * (x.dim() - 1))) * noise).clamp(0.0, 1.0)
 
 
 def augment_batch(x: Tensor, kind: str, pad: int, gen: torch.Generator) -> Tensor:

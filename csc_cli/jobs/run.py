@@ -57,6 +57,7 @@ class TrainResult:
     resumed_from_epoch: Optional[int] = None
     arch: Optional[str] = None  # what was built (``--arch resnet18`` on 32 px images is resnet18_cifar)
     notes: List[str] = field(default_factory=list)
+    calibration: Optional[Dict[str, Any]] = None  # the lambda rule calibrated into model.safetensors, if asked
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -145,6 +146,11 @@ class TaskFamily(ABC):
     def warnings(self) -> List[str]:
         """Notes the training itself raised, added to the result's notes at the end."""
         return []
+
+    def finish(self, model_path: Path) -> Optional[Dict[str, Any]]:
+        """After ``model.safetensors`` is written (by the writing process): a family may complete the
+        file (the classifier calibrates its lambda rule into it). Returns a report, or None."""
+        return None
 
 
 def same_run(config: TrainConfig, meta: Dict[str, Any], arch: str) -> None:
@@ -263,8 +269,9 @@ def run_training(config: TrainConfig, family: TaskFamily, progress: Optional[Pro
             save(load(out / "best.safetensors"), model_path, **info, training=summary)
         else:
             save(family.final_model(), model_path, **info, training=summary)
+    finished = family.finish(model_path) if dist.is_writer else None
     dist.close()
     emit(TrainDone(seconds=seconds))
     return TrainResult(out=str(out), model_path=str(model_path), epochs=config.epochs, last=last, best=best,
                        history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=resumed_from,
-                       arch=arch, notes=notes)
+                       arch=arch, notes=notes, calibration=finished)

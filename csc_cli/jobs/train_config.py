@@ -96,6 +96,20 @@ class TrainConfig:
     distill: float = 0.0
     distill_temperature: float = 4.0
     teacher: Optional[str] = None
+    # robustness (classifiers): gaussian noise augmentation, a per-image sigma drawn from [0, max]
+    # (0: off); the first CSC layer's lambda drawn per training image from [lo, hi] ([]: off), so a
+    # raised test-time lambda is a setting the network has seen; and the label-free lambda rule
+    # calibrated at the end of the run on its training images, as `csc eval --calibrate-lambda`
+    # does, stored in model.safetensors so that `csc eval MODEL --lambda auto` works as it is
+    noise_augment: float = 0.0
+    lambda_jitter: List[float] = field(default_factory=list)
+    # the first CSC layer's relative reconstruction error ||x - D z||^2 / ||x||^2 of its input, added to
+    # the loss with this weight (0: off): an unsupervised fit of a converted stem's dictionary to
+    # synthesise the images it codes, while the cross-entropy (and distillation) hold the function
+    reconstruction: float = 0.0
+    calibrate_lambda: bool = False
+    calibration_images: int = 512
+    calibration_rule: str = "best"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -175,6 +189,13 @@ class TrainConfig:
              f"continuation_shape must be linear or cosine, got {self.continuation_shape!r}")
         need(0 <= self.distill <= 1, f"distill must be a weight in [0, 1], got {self.distill}")
         need(self.distill_temperature > 0, f"distill temperature must be > 0, got {self.distill_temperature}")
+        need(0 <= self.noise_augment <= 1, f"noise_augment is the largest noise sigma for pixels in [0, 1]: give a "
+                                           f"value in [0, 1], got {self.noise_augment}")
+        need(self.lambda_jitter == [] or (isinstance(self.lambda_jitter, (list, tuple)) and len(self.lambda_jitter) == 2
+                                          and 0 <= self.lambda_jitter[0] <= self.lambda_jitter[1]),
+             f"lambda_jitter must be [low, high] with 0 <= low <= high (or [] for off), got {self.lambda_jitter!r}")
+        need(self.reconstruction >= 0, f"reconstruction must be a weight >= 0, got {self.reconstruction}")
+        need(self.calibration_images >= 4, f"calibration_images must be >= 4, got {self.calibration_images}")
         if self.arch in CTRL_ARCHS and not self.init:
             need(self.csc in ("all", "none"), f"{self.arch} is an autoencoder: --csc all (CSC-CTRL) or none (CTRL), "
                                               f"not {self.csc!r}")

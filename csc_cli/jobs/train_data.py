@@ -52,7 +52,8 @@ def make_data(config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataBu
         size = config.image_size or 224
         common = dict(root=root, image_size=size, seed=config.seed, workers=config.workers)
         train = FolderBatches(split="train", batch_size=config.batch_size, training=True, augment=augment,
-                              shuffle=True, drop_last=True, rank=rank, world_size=world_size, **common)
+                              shuffle=True, drop_last=True, rank=rank, world_size=world_size,
+                              noise=config.noise_augment, **common)
         val = None
         if config.val_split > 0:
             n = len(train.dataset)
@@ -74,7 +75,8 @@ def make_data(config: TrainConfig, rank: int = 0, world_size: int = 1) -> DataBu
         val = Batches(val_x, val_y, eval_batch)
     train = Batches(train_x, train_y, config.batch_size, shuffle=True, augment=augment,
                     pad=default_pad(config.dataset, config.image_size), seed=config.seed,
-                    drop_last=train_x.shape[0] > config.batch_size, rank=rank, world_size=world_size)
+                    drop_last=train_x.shape[0] > config.batch_size, rank=rank, world_size=world_size,
+                    noise=config.noise_augment)
     test = Batches(test_data.images, test_data.labels, eval_batch)
     notes = _keep_a_partial_batch(train, config.batch_size)
     return DataBundle(train, test, val, train_data.mean, train_data.std, train_data.class_names,

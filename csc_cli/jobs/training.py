@@ -124,6 +124,76 @@ class EMA:
         return self.model
 
 
+class LambdaJitter:
+    """While ``model`` trains, its first CSC layer solves each image at a lambda of its own, drawn
+    uniformly from ``[low, high]``: a raised test-time lambda (``--lambda``, ``--lambda auto``) is
+    then a setting the network has seen. The draws come from a generator seeded by ``seed`` and
+    the run's optimizer step (``step()``), so a resumed run draws exactly what it would have; eval
+    forwards (and a lambda given explicitly, such as a calibrated rule's) are left alone."""
+
+    def __init__(self, model: nn.Module, low: float, high: float, *, seed: int, step: Callable[[], int]) -> None:
+        layers = csc_layers(model)
+        if not layers:
+            raise ValueError("--lambda-jitter draws the first CSC layer's lambda, and this model has none: train with "
+                             "--csc stem / all, or convert it first (csc convert)")
+        if not 0 <= low <= high:
+            raise ValueError(f"--lambda-jitter needs 0 <= low <= high, got [{low}, {high}]")
+        self.name, layer = next(iter(layers.items()))
+        self.low, self.high, self.seed, self.step = float(low), float(high), int(seed), step
+        self.handle = layer.register_forward_pre_hook(self._draw, with_kwargs=True)
+
+    def lambdas(self, n: int, step: int) -> Tensor:
+        """The ``n`` lambdas (float64) of the batch at optimizer step ``step``."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 * step + 1)
+        return torch.empty(n, dtype=torch.float64).uniform_(self.low, self.high, generator=gen)
+
+    def _draw(self, module: nn.Module, args, kwargs):
+        lam_position = 2 if module.transposed else 1  # forward(x, lam) / forward(x, output_size, lam)
+        given = kwargs.get("lam") if len(args) <= lam_position else args[lam_position]
+        if not module.training or given is not None:
+            return None
+        x = args[0]
+        lam = self.lambdas(x.shape[0] if x.dim() == module._dim + 2 else 1, self.step())
+        return args, {**kwargs, "lam": lam.to(device=x.device, dtype=x.dtype)}
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+class ReconstructionTerm:
+    """The first CSC layer's relative reconstruction error of its input in a training forward,
+    ``mean_i ||x_i - D z_i||^2 / ||x_i||^2`` (``z`` the code it passed on, ``D`` its dictionary):
+    differentiable in the dictionary and the input, read once per step with :meth:`take`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        layers = csc_layers(model)
+        if not layers:
+            raise ValueError("--reconstruction fits the first CSC layer's dictionary, and this model has none: "
+                             "convert it first (csc convert) or train with --csc stem / all")
+        self.name, layer = next(iter(layers.items()))
+        self.value: Optional[Tensor] = None
+        self.handle = layer.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, args, output: Tensor) -> None:
+        if not module.training:
+            return
+        x = args[0]
+        size = tuple(x.shape[-module._dim:])
+        z = module.code_from_output(output, size)
+        residual = (x - module.decode(z, size)).flatten(1)
+        self.value = (residual.square().sum(1) / x.flatten(1).square().sum(1).clamp_min(1e-12)).mean()
+
+    def take(self) -> Tensor:
+        """The term of the last training forward (an error if there was none since the last take)."""
+        if self.value is None:
+            raise RuntimeError("no training forward through the first CSC layer since the last step")
+        value, self.value = self.value, None
+        return value
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
 Batch = Tuple[Tensor, Tensor]
 #: ``loss(output, target, inputs)``: the objective of one batch (``inputs`` as the model saw them)
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]

@@ -3,6 +3,7 @@ PAPER.md section 2 states it and with the rate-reduction closed forms of csc_cli
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -102,18 +103,35 @@ def test_reconstruction_scores_and_features():
     assert torch.allclose(z.norm(dim=1), torch.ones(10), atol=1e-5)
 
 
+SEEDS = (0, 1, 2)
+T_99_2DOF = 6.965  # one-sided 99% Student t with len(SEEDS) - 1 = 2 degrees of freedom
+
+
 @pytest.mark.slow
 def test_short_csc_ctrl_training_on_digits_raises_dR_and_the_file_reloads(tmp_path):
-    """A few epochs of CSC-CTRL on digits (32 px, width 16, d = 16): the rate reduction of the training
-    features and of the test features rises from the first epoch's (with a margin of a quarter of
-    the first value); the saved autoencoder reloads with the test scores the run measured."""
-    cfg = TrainConfig(dataset="digits", image_size=32, arch="ctrl_dcgan32", csc="all", width=16, feature_dim=16,
-                      batch_size=256, epochs=4, lr=1e-3, weight_decay=0.0, schedule="linear", min_lr=0.0,
-                      augment="none", out=str(tmp_path / "run"))
-    result = run_train(cfg)
-    first, last = result.history[0], result.history[-1]
-    assert last["dR_Z"] > 1.25 * first["dR_Z"] and last["test_dR"] > 1.25 * first["test_dR"]
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    """A few epochs of CSC-CTRL on digits (32 px, width 16, d = 16), three seeds: the rate reduction
+    of the training features and of the test features rises from the first epoch's. For the
+    training features the margin comes from the seeds' spread: the lower 99% t-bound of the mean log
+    ratio (last / first epoch) must be above 0 (measured, one thread: 0.357 / 0.427 / 0.424, bound
+    0.24). The test features' ratio varies more between seeds (log 0.55 / 1.52 / 1.25: the first
+    epoch's value varies), so each seed must raise it on its own; that rise (a factor of 1.7 or
+    more) is far above the sampling error of a rate measured on all 359 test images. The saved
+    autoencoder reloads with the test scores the run measured."""
+    ratios = {"dR_Z": [], "test_dR": []}
+    for seed in SEEDS:
+        cfg = TrainConfig(dataset="digits", image_size=32, arch="ctrl_dcgan32", csc="all", width=16, feature_dim=16,
+                          batch_size=256, epochs=4, lr=1e-3, weight_decay=0.0, schedule="linear", min_lr=0.0,
+                          augment="none", seed=seed, out=str(tmp_path / f"run{seed}"))
+        result = run_train(cfg)
+        first, last = result.history[0], result.history[-1]
+        for key in ratios:
+            ratios[key].append(math.log(last[key] / first[key]))
+    print({key: [round(v, 3) for v in logs] for key, logs in ratios.items()}, "log(last / first) per seed")
+    logs = ratios["dR_Z"]
+    bound = statistics.mean(logs) - T_99_2DOF * statistics.stdev(logs) / math.sqrt(len(logs))
+    assert bound > 0, (logs, bound)
+    assert min(ratios["test_dR"]) > 0, ratios["test_dR"]
+    rows = [json.loads(line) for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all("pairwise" in r and "test_psnr" in r for r in rows)
     model = csc_cli.load(result.model_path)
     assert model.csc_card.task == "autoencoder" and model.csc_card.training["ctrl_mode"] == "multi"

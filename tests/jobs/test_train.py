@@ -17,6 +17,7 @@ from csc_cli.data import load_dataset
 from csc_cli.data.pipeline import Batches, normalize
 from csc_cli.jobs.classifier.train import evaluate
 from csc_cli.jobs.train import TrainConfig, lr_at, run_train
+from csc_cli.jobs.train_config import read_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -200,6 +201,11 @@ def test_recipe_round_trip(tmp_path, cli):
 def test_every_shipped_recipe_parses(recipe):
     cfg = TrainConfig.from_toml(recipe)
     cfg.validate()
+    # issue 29: an SDNet recipe's model answers --lambda auto out of training (the default digits run
+    # stays a 15-second demo); a plain ConvNet or an autoencoder has no rule to calibrate
+    builds_sdnet = "csc" in read_recipe(recipe) and cfg.csc in ("stem", "all")  # (a warm start's model is --init's)
+    sdnet = builds_sdnet and not cfg.autoencoder and cfg.dataset != "digits"
+    assert cfg.calibrate_lambda == (sdnet or recipe.stem == "cifar10_convert_robust"), recipe.stem
     if recipe.stem.startswith("ctrl_"):  # the CTRL game (PAPER.md section 2): Adam, linear decay to 0
         assert cfg.autoencoder and cfg.schedule == "linear" and cfg.min_lr == 0 and cfg.weight_decay == 0
         if cfg.dataset != "digits" and not recipe.stem.endswith("_cpu"):  # the reference settings

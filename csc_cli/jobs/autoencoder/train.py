@@ -297,6 +297,9 @@ class CTRLGame(TaskFamily):
         if config.continuation or config.distill:
             raise ValueError("--continuation and --distill are for classifiers converted from a ConvNet: the CTRL game "
                              "has neither (drop them)")
+        if config.lambda_jitter or config.calibrate_lambda or config.noise_augment:
+            raise ValueError("--lambda-jitter, --calibrate-lambda and --noise-augment are for classifiers: the CTRL "
+                             "game has none of them (drop them)")
 
     def setup(self, run: RunContext) -> None:
         config, data = run.config, run.data

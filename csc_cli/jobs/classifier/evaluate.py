@@ -31,6 +31,7 @@ from ...robust.rules import (CalibrationLevel, LambdaRule, calibrate, check_rule
 from ..common import accuracy, accuracy_over_lambdas, evaluation_data, predict, resolve_device
 from ..events import ProgressFn, Step, ignore
 STREAMED_SAMPLE = 1000  # images held in memory for corruptions / sweeps of an image-file dataset
+AUTHORS_GRID = [round(0.1 * i, 2) for i in range(1, 15)]  # the SDNet authors' lambda sweep, 0.1 .. 1.4
 
 
 @dataclass
@@ -145,19 +146,27 @@ def calibrated_path(config: EvalConfig) -> Path:
 
 def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
                      grid: List[float], emit: ProgressFn) -> Tuple[LambdaRule, Dict[str, Any]]:
-    """Fit every label-free rule (:mod:`csc_cli.robust.rules`) on corrupted *training* images: for
-    each level (clean and each calibration corruption at severities 1-5), the lambda of the grid with
-    the best accuracy and the statistics of the first CSC layer's inputs. Returns the rule chosen by
-    ``config.rule`` -- ``best``: the one with the highest mean accuracy over the levels on a held-out
-    half of the calibration images -- and a report holding every fitted rule."""
-    layer_name = first_csc_layer(model)
-    layer = dict(model.named_modules())[layer_name]
-    reference = float(layer.lam)
-    check_rule_name(config.rule)
+    """Fit every label-free rule (:mod:`csc_cli.robust.rules`) on corrupted *training* images: a
+    seeded sample of ``config.calibration_images`` of the training split (:func:`calibrate_on_images`).
+    Returns the rule chosen by ``config.rule`` and a report holding every fitted rule."""
     train = open_for_model(card_of(model), "train", dataset, config.data_dir)
     gen = torch.Generator().manual_seed(config.seed + 1)
     idx = torch.randperm(len(train), generator=gen)[: config.calibration_images]
     x, y = train.take(idx)
+    return calibrate_on_images(model, x, y, config, device, grid, emit)
+
+
+def calibrate_on_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: EvalConfig, device,
+                        grid: List[float], emit: ProgressFn = ignore) -> Tuple[LambdaRule, Dict[str, Any]]:
+    """Fit every label-free rule on the images ``x`` (labels ``y``): for each level (clean and each
+    calibration corruption at severities 1-5), the lambda of the grid with the best accuracy and the
+    statistics of the first CSC layer's inputs. Returns the rule chosen by ``config.rule`` --
+    ``best``: the one with the highest mean accuracy over the levels on a held-out half of the
+    images -- and a report holding every fitted rule (under ``fitted``)."""
+    layer_name = first_csc_layer(model)
+    layer = dict(model.named_modules())[layer_name]
+    reference = float(layer.lam)
+    check_rule_name(config.rule)
     half = fit_share(x.shape[0], config.rule)
     levels = []
     for name, severity in [("clean", 0)] + [(c, s) for c in config.calibration_corruptions for s in range(1, 6)]:
@@ -176,6 +185,30 @@ def calibrate_lambda(model: nn.Module, config: EvalConfig, dataset: str, device,
               "rules": {n: {**r.to_dict(), "formula": r.describe()} for n, r in rules.items()},
               "selection": selection}
     return rules[chosen], {**report, "fitted": rules}
+
+
+def _calibrate_and_save(model: nn.Module, config: EvalConfig, dataset: str, device, grid: List[float], target: Path,
+                        emit: ProgressFn) -> Dict[str, Any]:
+    """Calibrate, store the chosen rule in ``model``'s card and save it to ``target``: the report,
+    with every fitted rule under ``fitted`` and the file under ``written_to``."""
+    rule, calibration = calibrate_lambda(model, config, dataset, device, grid, emit)
+    card_of(model).lambda_rule = rule.to_dict()
+    save(model, target)
+    calibration["written_to"] = str(target)
+    return calibration
+
+
+def calibrate_model_file(config: EvalConfig, device, progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
+    """``--calibrate-lambda`` alone: the model file ``config.model`` calibrated and written where
+    :func:`calibrated_path` says (``csc train --calibrate-lambda`` uses it on its model file, with
+    ``in_place``). Returns the calibration report (the fitted rules as plain dicts)."""
+    target = calibrated_path(config)
+    model = load(config.model, map_location=device).to(device).eval()
+    grid = config.lambda_sweep or AUTHORS_GRID
+    report = _calibrate_and_save(model, config, config.dataset or card_of(model).data.dataset, device, grid, target,
+                                 progress or ignore)
+    report.pop("fitted")
+    return report
 
 
 # ----------------------------------------------------------------------------- the job
@@ -209,16 +242,13 @@ def run_eval(config: EvalConfig, progress: Optional[ProgressFn] = None) -> EvalR
     num_classes = test.num_classes
     grid = config.lambda_sweep
     if config.calibrate_lambda and not grid:
-        grid = [round(0.1 * i, 2) for i in range(1, 15)]  # the authors' 0.1 .. 1.4
+        grid = AUTHORS_GRID
 
     calibration = None
     fitted: Dict[str, LambdaRule] = {}
     if config.calibrate_lambda:
-        rule, calibration = calibrate_lambda(model, config, dataset, device, grid, emit)
+        calibration = _calibrate_and_save(model, config, dataset, device, grid, target, emit)
         fitted = calibration.pop("fitted")
-        card.lambda_rule = rule.to_dict()
-        save(model, target)
-        calibration["written_to"] = str(target)
     elif card.lambda_rule and not policy.auto:
         stored = rule_from_dict(card.lambda_rule)
         fitted = {stored.kind: stored}

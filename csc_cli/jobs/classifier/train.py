@@ -32,7 +32,8 @@ from ..events import EpochEnd, ProgressFn
 from ..run import AfterStep, RunContext, TaskFamily, TrainResult, run_training
 from ..train_config import TrainConfig
 from ..train_data import DataBundle
-from ..training import EMA, StepRunner, distillation_loss, lr_at, make_optimizer, refresh_step_sizes
+from ..training import (EMA, LambdaJitter, ReconstructionTerm, StepRunner, distillation_loss, lr_at,
+                        make_optimizer, refresh_step_sizes)
 
 __all__ = ["ClassifierTraining", "run_classifier_train", "evaluate", "validate_epoch"]
 
@@ -108,8 +109,15 @@ class ClassifierTraining(TaskFamily):
         self.model = model
         self.path = self._continuation(config, run) if config.continuation > 0 else None
         self.teacher = self._teacher(config, run) if config.distill > 0 else None
+        if config.calibrate_lambda and not csc_layers(model):
+            raise ValueError("--calibrate-lambda fits a rule for the first CSC layer's lambda, and this model has none: "
+                             "add --no-calibrate-lambda (the recipe asks for it), or train with --csc stem / all")
         self.optimizer = make_optimizer(config, model)
         self.ema = EMA(model, config.ema) if config.ema > 0 else None
+        # after the teacher and the average are copied from the model: the hook is the trained model's only
+        self.jitter = (LambdaJitter(model, *config.lambda_jitter, seed=config.seed, step=lambda: self.runner.step)
+                       if config.lambda_jitter else None)
+        self.recon = ReconstructionTerm(model) if config.reconstruction > 0 else None
         train_model: nn.Module = run.dist.wrap(model) if run.dist.active else model
         if config.compile:
             train_model = torch.compile(train_model)
@@ -164,6 +172,8 @@ class ClassifierTraining(TaskFamily):
     def _loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
         config = self.config
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        if self.recon is not None:
+            loss = loss + config.reconstruction * self.recon.take()
         if self.teacher is None:
             return loss
         with torch.no_grad():
@@ -217,6 +227,22 @@ class ClassifierTraining(TaskFamily):
 
     def final_model(self) -> nn.Module:
         return self.ema.model if self.ema is not None else self.model
+
+    def finish(self, model_path) -> Optional[Dict[str, Any]]:
+        """With ``calibrate_lambda``: the label-free lambda rule calibrated on the run's training
+        images and stored in ``model_path`` -- exactly what ``csc eval MODEL --calibrate-lambda
+        --calibration-images N --rule R --seed S --in-place`` stores (the same function, on the model
+        as saved), so ``csc eval MODEL --lambda auto`` works on the run's output as it is."""
+        config = self.config
+        if not config.calibrate_lambda:
+            return None
+        from ..common import resolve_device
+        from .evaluate import EvalConfig, calibrate_model_file
+
+        eval_config = EvalConfig(model=str(model_path), dataset=config.dataset, data_dir=config.data_dir,
+                                 device=config.device, calibrate_lambda=True, calibration_images=config.calibration_images,
+                                 rule=config.calibration_rule, in_place=True, seed=config.seed)
+        return calibrate_model_file(eval_config, resolve_device(config.device), self.emit)
 
 
 def run_classifier_train(config: TrainConfig, progress: Optional[ProgressFn] = None) -> TrainResult:
