@@ -14,7 +14,10 @@ The layer is thin: the math lives in :mod:`csc_cli.core`. What it owns is state:
   Training forwards refresh it by one warm-started power iteration (cold and converged when the
   size changes); eval forwards only read it. An eval input of another size gets its own
   deterministic, converged estimate (memoised, never written to the state), so the step is right
-  at every size and a loaded model uses the right step on its first forward.
+  at every size and a loaded model uses the right step on its first forward. That bookkeeping is
+  ``layer.step_state``, a :class:`~csc_cli.step_size.StepSizeState` (training, resume and the ONNX
+  exporter use it too); ``step_size``, ``step_size_for``, ``refresh_step_size``, ``trained_size``
+  and ``warm_state`` are its short names on the layer.
 
 ``units`` says what ``forward`` returns: ``'code'`` (default) the sparse code itself, as SDNet's
 layers do; ``'conv'`` the code times ``||atom_m|| / t`` per channel -- in the units of the conv it
@@ -30,7 +33,6 @@ which :func:`csc_cli.convert` and the model files' edits (:mod:`csc_cli.surgery`
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core.lasso import BACKWARDS, METHODS, Relaxation, SolverTrace, solve_lasso
-from .core.operators import ConvGeometry, Geometry, TransposedConvGeometry, power_iteration
+from .core.operators import ConvGeometry, Geometry, TransposedConvGeometry
+from .step_size import StepSizeState
 
 __all__ = ["CSCConv1d", "CSCConv2d", "CSCConvNd", "CSCConvTranspose1d", "CSCConvTranspose2d", "CSCConvTransposeNd",
            "CSC_OPTION_DEFAULTS", "LAYER_CLASSES", "csc_class_for", "csc_layers", "conv_kind", "convertible",
@@ -65,10 +68,6 @@ CSC_OPTION_DEFAULTS: Dict[str, Any] = {
 #: What a CSC layer's forward returns: the sparse code itself, or the code in the units of the conv
 #: it replaces (times ``||atom_m|| / t`` per channel: with one signed step at lam 0 it *is* the conv).
 UNITS = ("code", "conv")
-
-_EVAL_CACHE_SIZE = 16
-_WARM_MAX_ITERS = 50
-_MIN_LIPSCHITZ = 1e-12
 
 
 def _check_lam(value: Union[float, Tensor]) -> float:
@@ -181,14 +180,11 @@ class CSCConvNd(nn.Module):
         self.register_buffer("lam", torch.tensor(_check_lam(lam), **factory))
         self.register_buffer("lipschitz", torch.zeros((), **factory))
         self.register_buffer("lipschitz_size", torch.zeros(self._size_record_shape(), dtype=torch.long, device=device))
-        # training refresh state: the warm power block and the atoms it was computed for
+        # the step size: L at one input size (saved), the warm power block and the atoms it was for
         self.register_buffer("_power_vec", None, persistent=False)
         self.register_buffer("_power_atoms", None, persistent=False)
-        # Python mirror of lipschitz_size, so eval forwards compare sizes without a device sync: the
-        # input size and the operator (geometry) the stored estimate is for.
-        self._stored_size: Optional[Tuple[int, ...]] = None
-        self._stored_geometry: Optional[Geometry] = None
-        self._eval_cache: "OrderedDict[tuple, Tensor]" = OrderedDict()
+        # the bookkeeping of those four buffers: stored estimate, warm start, per-size estimates
+        self.step_state = StepSizeState(self)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ construction
@@ -278,16 +274,7 @@ class CSCConvNd(nn.Module):
     @property
     def step_size(self) -> Tensor:
         """``t = step_scale / L`` at the stored size (``lipschitz_size``)."""
-        if self._stored_size is None:
-            raise RuntimeError(
-                "no step size estimated yet: run a training forward or call refresh_step_size(size)"
-            )
-        return self._step(self.lipschitz)
-
-    def _step(self, lip: Tensor) -> Tensor:
-        # An all-zero dictionary (a zero-initialised conv) has L = 0: any step is exact there, and
-        # a finite one keeps 0 * step from turning into NaN.
-        return self.step_scale / lip.clamp_min(_MIN_LIPSCHITZ)
+        return self.step_state.stored()
 
     # The operator in use depends on the input size and, for transposed layers, on the output size
     # asked for: these hooks say which geometry a call uses and how the stored state records it.
@@ -319,119 +306,38 @@ class CSCConvNd(nn.Module):
     def step_size_for(self, size: Sequence[int], output_size: Optional[Sequence[int]] = None) -> Tensor:
         """The step a forward on an input of spatial ``size`` (producing ``output_size``, for a
         transposed layer) uses in the current mode (pure)."""
-        size = tuple(int(s) for s in size)
-        geometry = self._operator(size, output_size)
-        return self._step(self._lipschitz_for(size, self.atoms, refresh=False, geometry=geometry))
+        return self.step_state.at(size, output_size)
 
-    @torch.no_grad()
     def refresh_step_size(self, size: Optional[Sequence[int]] = None, *, output_size: Optional[Sequence[int]] = None,
                           iters: int = 200) -> Tensor:
         """Re-estimate and store ``L`` at ``size`` (default: the stored size; ``output_size``: see
         :meth:`step_size_for`) to convergence, warm-started from the training power vector when there
         is one. Call it after changing the weights by hand, or at the end of training. Returns the
         new step size."""
-        if size is None:
-            if self._stored_size is None:
-                raise ValueError("give the input size: this layer has no stored step size yet")
-            size = self._stored_size
-            geometry = self._stored_geometry if output_size is None else self._operator(size, output_size)
-        else:
-            size = tuple(int(s) for s in size)
-            geometry = self._operator(size, output_size)
-        geometry.output_size(size)  # validates the size
-        warm = self._power_vec if (self._stored_size, self._stored_geometry) == (size, geometry) else None
-        atoms = self.atoms
-        lip, vec, _ = power_iteration(geometry, atoms, size, v0=warm, iters=iters)
-        self._store(lip, vec, size, geometry, atoms)
-        return self.step_size
+        return self.step_state.refresh(size, output_size=output_size, iters=iters)
 
     @property
     def trained_size(self) -> Optional[Tuple[int, ...]]:
         """The input size the stored step size was estimated at (None before the first estimate)."""
-        return self._stored_size
+        return self.step_state.size
 
     def warm_state(self) -> Optional[Dict[str, Tensor]]:
-        """The warm-start state of the step-size refresh -- ``{'vector', 'atoms', 'size'}`` (``size``
-        as ``lipschitz_size`` records it) -- so that a resumed run takes exactly the next step it would
-        have taken; None when there is none."""
-        if self._power_vec is None or self._power_atoms is None or not self._stored_size:
-            return None
-        return {"vector": self._power_vec, "atoms": self._power_atoms,
-                "size": torch.tensor(self._size_record(self._stored_size, self._stored_geometry), dtype=torch.long)}
+        """The warm-start state of the step-size refresh (:meth:`StepSizeState.warm_state
+        <csc_cli.step_size.StepSizeState.warm_state>`), so that a resumed run takes exactly the next
+        step it would have taken; None when there is none."""
+        return self.step_state.warm_state()
 
     def load_warm_state(self, state: Dict[str, Tensor]) -> None:
         """Restore what :meth:`warm_state` returned (after the model's state dict is loaded)."""
-        record = state["size"].tolist()
-        parsed = self._parse_size_record(record)
-        if parsed is None:
-            raise ValueError(f"warm state for a {self._dim}-d layer has size {record}")
-        self._power_vec = state["vector"].to(self.lipschitz.device)
-        self._power_atoms = state["atoms"].to(self.lipschitz.device)
-        self._stored_size, self._stored_geometry = parsed
-        self._eval_cache.clear()
-
-    def _store(self, lip: Tensor, vec: Tensor, size: Tuple[int, ...], geometry: Geometry, atoms: Tensor) -> None:
-        self.lipschitz.copy_(lip)
-        self.lipschitz_size.copy_(torch.tensor(self._size_record(size, geometry)))
-        self._power_vec = vec
-        self._power_atoms = atoms.detach().clone()
-        self._stored_size = size
-        self._stored_geometry = geometry
-        self._eval_cache.clear()
+        self.step_state.load_warm_state(state)
 
     def _forget_step_size(self) -> None:
-        self.lipschitz.zero_()
-        self.lipschitz_size.zero_()
-        self._power_vec = None
-        self._power_atoms = None
-        self._stored_size = None
-        self._stored_geometry = None
-        self._eval_cache.clear()
-
-    def _is_stored(self, size: Tuple[int, ...], geometry: Geometry) -> bool:
-        return self._stored_size == size and (geometry is self._stored_geometry or geometry == self._stored_geometry)
-
-    def _can_warm_start(self, size: Tuple[int, ...], geometry: Geometry, atoms: Tensor) -> bool:
-        """Warm-start unless the size (or operator) changed or the atoms moved more than
-        ``power_restart`` (relative) since the last estimate: after a large update the new top
-        eigen-direction can be one the warm block barely contains, and a lagging estimate is an
-        unsafe step."""
-        if not self._is_stored(size, geometry) or self._power_vec is None or self._power_atoms is None:
-            return False
-        if self.power_tol == 0:  # fixed-cost, sync-free refresh was asked for
-            return True
-        moved = (atoms.detach() - self._power_atoms).norm() / self._power_atoms.norm()
-        return bool(moved <= self.power_restart)
+        self.step_state.forget()
 
     def _lipschitz_for(self, size: Tuple[int, ...], atoms: Tensor, refresh: bool,
                        geometry: Optional[Geometry] = None) -> Tensor:
-        """``L`` at ``size`` for ``geometry`` (default: the layer's own operator)."""
-        geometry = self.geometry if geometry is None else geometry
-        if refresh:
-            with torch.no_grad():
-                if self._can_warm_start(size, geometry, atoms):
-                    # warm, one vector (the first of a cold block is its power-iteration vector):
-                    # at least power_iters iterations, more while the estimate still moves
-                    lip, vec, _ = power_iteration(
-                        geometry, atoms, size, v0=self._power_vec[:1], previous=self.lipschitz, block=1,
-                        iters=_WARM_MAX_ITERS, min_iters=self.power_iters, tol=self.power_tol,
-                    )
-                else:  # first batch, new size, or a large update: cold and converged
-                    lip, vec, _ = power_iteration(geometry, atoms, size)
-                self._store(lip, vec, size, geometry, atoms)
-            # a copy: the buffer will change in place on the next training forward
-            return self.lipschitz.clone()
-        if self._is_stored(size, geometry):
-            return self.lipschitz
-        key = (size, geometry, atoms.device, atoms.dtype, self.weight._version, self.weight.data_ptr())
-        lip = self._eval_cache.get(key)
-        if lip is None:
-            lip, _, _ = power_iteration(geometry, atoms, size)
-            lip = lip.to(self.lipschitz.dtype)
-            self._eval_cache[key] = lip
-            while len(self._eval_cache) > _EVAL_CACHE_SIZE:
-                self._eval_cache.popitem(last=False)
-        return lip
+        """``L`` at ``size`` for ``geometry`` (default: the layer's own operator); benchmarks time it."""
+        return self.step_state.lipschitz(size, self.geometry if geometry is None else geometry, atoms, refresh)
 
     # ------------------------------------------------------------------ forward
     def _batched(self, x: Tensor, what: str) -> Tuple[Tensor, bool]:
@@ -476,8 +382,8 @@ class CSCConvNd(nn.Module):
         geometry = self._operator(size, output_size)
         geometry.output_size(size)  # clear errors for inputs too small for the kernel/padding
         atoms = self.atoms
-        lip = self._lipschitz_for(size, atoms, refresh=self.training, geometry=geometry)
-        step = self._step(lip)
+        lip = self.step_state.lipschitz(size, geometry, atoms, refresh=self.training)
+        step = self.step_state.step_from(lip)
         lam_value = self.lam if lam is None else lam
         if lam is not None and not isinstance(lam, Tensor):
             lam_value = _check_lam(lam)
@@ -571,19 +477,7 @@ class CSCConvNd(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        # Sync the Python mirror of the stored size with what was loaded. A state dict without a
-        # step size (e.g. plain conv weights loaded with strict=False) leaves none, so the first
-        # forward estimates it for the loaded weights instead of using a stale value.
-        self._eval_cache.clear()
-        self._power_vec = None
-        self._power_atoms = None
-        if prefix + "lipschitz" not in state_dict or prefix + "lipschitz_size" not in state_dict:
-            self._forget_step_size()
-            return
-        parsed = self._parse_size_record(self.lipschitz_size.tolist())
-        if parsed is None or not float(self.lipschitz) > 0:
-            parsed = (None, None)
-        self._stored_size, self._stored_geometry = parsed
+        self.step_state.loaded(prefix + "lipschitz" in state_dict and prefix + "lipschitz_size" in state_dict)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

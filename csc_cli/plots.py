@@ -170,6 +170,39 @@ def lines_figure(series: Dict[str, Tuple[Sequence[float], Sequence[float]]], xla
     return _save(fig, path, dpi=110)
 
 
+#: At most this many panels (quantities) to a row of a curves figure.
+CURVE_COLUMNS = 3
+
+
+def curves_figure(panels: Dict[str, Dict[str, Dict[str, Sequence[float]]]], path: Path, title: str = "") -> str:
+    """Training curves: one panel per quantity (``panels[name][run] = {"epoch": [...], "value": [...]}``),
+    one line per run, the same colour for a run in every panel; a grid of at most
+    ``CURVE_COLUMNS`` panels a row. Returns the path written (as a string)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    names = list(panels)
+    cols = min(CURVE_COLUMNS, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    runs = list(dict.fromkeys(run for per_run in panels.values() for run in per_run))
+    colours = {run: f"C{i % 10}" for i, run in enumerate(runs)}
+    for i, ax in enumerate(axes.flat):
+        if i >= len(names):
+            ax.set_visible(False)
+            continue
+        for run, points in panels[names[i]].items():
+            ax.plot(points["epoch"], points["value"], marker=".", color=colours[run], label=run)
+        ax.set_title(names[i], fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(runs) > 1 or i == 0:
+            ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return str(_save(fig, path, dpi=110))
+
+
 def _save(fig, path: Path, dpi: int = 120) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)

@@ -29,6 +29,7 @@ PANELS = {
     "attack": ["Arguments", "Options", "Data", "Threat model", "Attacks", "Test-time lambda", "Sanity checks"],
     "inspect": ["Arguments", "Options", "Data", "Classifiers", "Autoencoders"],
     "demo": ["Options", "CSC layer", "Learning and report"],
+    "export": ["Arguments", "Options", "Graph", "Test-time lambda", "Check against csc", "Data"],
     "version": ["Options"],
 }
 

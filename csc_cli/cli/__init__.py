@@ -1,9 +1,9 @@
 """The ``csc`` command line: parse arguments, call a job, render its result. Nothing else.
 
 One module per command (``demo``, ``convert``, ``train``, ``evaluate``, ``inspect``, ``attack``,
-``version``), shared option types in :mod:`.options`, result renderers in :mod:`.render`, progress
-display in :mod:`.progress`. Jobs (and torch) are imported inside the commands, so ``csc --help``
-starts in a fraction of a second.
+``export``, ``version``), shared option types in :mod:`.options`, result renderers in
+:mod:`.render`, progress display in :mod:`.progress`. Jobs (and torch) are imported inside the
+commands, so ``csc --help`` starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from . import attack, convert, demo, evaluate, inspect, train, version  # noqa: F401 - registers the commands
+from . import attack, convert, demo, evaluate, export, inspect, train, version  # noqa: F401 - registers the commands
 from .app import app, console, err_console
 
 __all__ = ["app", "main", "console", "err_console"]

@@ -271,3 +271,68 @@ def attack(result: dict) -> None:
         console.print(sw)
     if result.get("examples"):
         console.print(f"wrote {result['examples']}")
+
+
+# ----------------------------------------------------------------------------- export
+def _shape(shape: list) -> str:
+    return "[" + ", ".join(str(v) for v in shape) + "]"
+
+
+def export(result: dict) -> None:
+    spec = result["spec"]
+    title = f"ONNX graph of {result['model']} ({spec['part']}, opset {spec['opset']})"
+    table = Table(title=title)
+    for col in ("", "name", "shape (float32)", "what it holds"):
+        table.add_column(col, overflow="fold")
+    for kind, ports in (("input", spec["inputs"]), ("output", spec["outputs"])):
+        for port in ports:
+            table.add_row(kind, port["name"], _shape(port["shape"]), port["doc"])
+    console.print(table)
+    if spec["lambda_mode"] == "auto":
+        console.print(f"lambda: picked per image inside the graph by the {spec['rule']['rule']} rule "
+                      f"({spec['rule']['formula']}, clamped to [{spec['rule']['lo']:g}, {spec['rule']['hi']:g}])")
+    steps = spec["step_sizes"]
+    if steps:
+        c, h, w = spec["input_size"]
+        console.print(f"step sizes: constants for {h}x{w} inputs, {len(steps)} CSC layer(s), "
+                      f"t from {min(steps.values()):.4g} to {max(steps.values()):.4g}")
+    check = result["check"]
+    if check:
+        ct = Table(title=f"csc vs onnxruntime on {check['on']}")
+        classifier = any("top1_agreement" in row for row in check["rows"])
+        for col in ("setting", "output", "max |diff|", "relative") + (("top-1 agreement",) if classifier else ()):
+            ct.add_column(col, justify="right" if col not in ("setting", "output") else "left")
+        for row in check["rows"]:
+            for name, diff in row["outputs"].items():
+                cells = [row["setting"], name, f"{diff['max_abs']:.2e}", f"{diff['max_rel']:.2e}"]
+                if classifier:
+                    cells.append(f"{100 * row['top1_agreement']:.1f}%" if name == "logits" else "-")
+                ct.add_row(*cells)
+        console.print(ct)
+        verdict = "[green]within[/]" if check["passed"] else "[red]ABOVE[/]"
+        console.print(f"largest relative difference {check['max_rel']:.2e}: {verdict} the tolerance "
+                      f"{check['tolerance']:g} ({check['measure']})")
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+    console.print(f"wrote {result['out']} ({result['file_bytes'] / 1e6:.2f} MB) in {result['seconds']:.1f} s")
+
+
+def curves(result: dict) -> None:
+    """Training curves: per run, its last value of each plotted quantity, and the figures written."""
+    runs = list(dict.fromkeys(run for panels in result["series"].values() for per in panels.values() for run in per))
+    table = Table(title=f"Training curves: the last epoch of {len(runs)} run(s)")
+    table.add_column("quantity")
+    for run in runs:
+        table.add_column(run, justify="right")
+    for group, panels in result["series"].items():
+        for name, per_run in panels.items():
+            cells = []
+            for run in runs:
+                points = per_run.get(run)
+                cells.append(f"{points['value'][-1]:.4g} (epoch {points['epoch'][-1]})" if points else "-")
+            table.add_row(name, *cells)
+    console.print(table)
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
+    for path in result["images"]:
+        console.print(f"wrote {path}")

@@ -68,6 +68,7 @@ class EpochEnd(Event):
     val_loss: Optional[float] = None
     val_acc: Optional[float] = None
     csc_layers: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    train_from_batch: Optional[int] = None  # resumed mid-epoch: the training terms cover this batch on
 
     @classmethod
     def from_row(cls, row: Dict[str, Any]) -> "EpochEnd":

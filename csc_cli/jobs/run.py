@@ -244,6 +244,8 @@ def run_training(config: TrainConfig, family: TaskFamily, progress: Optional[Pro
                                "seconds": elapsed}
         row = {**{k: row[k] for k in family.columns if k in row},
                **{k: v for k, v in row.items() if k not in family.columns}}
+        if first_batch:  # resumed mid-epoch: the training terms cover the batches run since the resume only
+            row["train_from_batch"] = first_batch
         row["csc_layers"] = csc_layer_stats(family.probed(judged), probe)
         history.append(row)
         if dist.is_writer:

@@ -213,6 +213,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
 
 
+#: The type of each field whose default is None, when a recipe gives it (they are checked like the rest).
+OPTIONAL_TYPES: Dict[str, type] = {"data_dir": str, "image_size": int, "out": str, "init": str, "resume": str,
+                                   "max_batches": int, "width": int, "teacher": str}
+
+
 def read_recipe(path: Path) -> Dict[str, Any]:
     """The keys of a TOML recipe, checked against :class:`TrainConfig`'s fields and their types."""
     import tomllib
@@ -231,7 +236,7 @@ def read_recipe(path: Path) -> Dict[str, Any]:
         raise ValueError(f"recipe {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
     for key, value in data.items():
         default = fields[key]
-        expected = type(default) if default is not None else None
+        expected = type(default) if default is not None else OPTIONAL_TYPES[key]
         if expected is bool and not isinstance(value, bool):
             raise ValueError(f"recipe {path}: {key} must be true or false, got {value!r}")
         if expected is int and (isinstance(value, bool) or not isinstance(value, int)):

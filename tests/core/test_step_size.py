@@ -87,17 +87,17 @@ def test_eval_step_is_deterministic():
 
 
 def _record_power_calls(monkeypatch):
-    import csc_cli.layers as layers
+    import csc_cli.step_size as step_size  # the layer's step-size state runs the power iterations
 
     calls = []
-    real = layers.power_iteration
+    real = step_size.power_iteration
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append({"warm": kwargs.get("v0") is not None, "iterations": out[2]})
         return out
 
-    monkeypatch.setattr(layers, "power_iteration", spy)
+    monkeypatch.setattr(step_size, "power_iteration", spy)
     return calls
 
 
@@ -171,3 +171,39 @@ def test_a_new_size_in_training_restarts_cold_and_converged():
     exact = exact_lipschitz(layer.geometry, layer.atoms.detach(), (15, 15))
     assert tuple(layer.lipschitz_size.tolist()) == (15, 15)
     assert 0.995 * exact <= float(layer.lipschitz) <= exact * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------ the step-size state object
+def test_pin_stores_the_step_an_eval_forward_uses_at_that_size():
+    """StepSizeState.pin (what the ONNX exporter does on a copy): the step an eval forward at a new
+    size uses becomes the stored one -- the same number, now read from the buffers -- and at the
+    stored size nothing changes."""
+    torch.manual_seed(0)
+    layer = CSCConv2d(3, 8, 3, padding=1, dtype=torch.float64).train()
+    layer(torch.randn(2, 3, 12, 12, dtype=torch.float64))
+    layer.eval()
+    trained = layer.step_size.clone()
+    assert layer.step_state.size == (12, 12) and layer.warm_state() is not None
+    assert torch.equal(layer.step_state.pin((12, 12)), trained) and layer.warm_state() is not None  # unchanged
+    expected = layer.step_size_for((20, 20))
+    assert torch.equal(layer.step_state.pin((20, 20)), expected)
+    assert layer.trained_size == (20, 20) and layer.lipschitz_size.tolist() == [20, 20]
+    assert torch.equal(layer.step_size, expected) and torch.equal(layer.step_size_for((20, 20)), expected)
+    assert layer.warm_state() is None  # the training warm start was for the old size
+    assert 0.7 <= float(expected) * exact_lipschitz(layer.geometry, layer.atoms.detach(), (20, 20)) <= 1.0
+
+
+def test_the_step_state_belongs_to_its_layer_and_follows_copies():
+    """A deep copy's state reads the copy's buffers: pinning the copy leaves the original alone."""
+    import copy
+
+    from csc_cli.step_size import StepSizeState
+
+    torch.manual_seed(0)
+    layer = CSCConv2d(3, 8, 3, padding=1).train()
+    layer(torch.randn(2, 3, 10, 10))
+    twin = copy.deepcopy(layer).eval()
+    assert isinstance(twin.step_state, StepSizeState) and twin.step_state is not layer.step_state
+    twin.step_state.pin((16, 16))
+    assert layer.trained_size == (10, 10) and twin.trained_size == (16, 16)
+    assert layer.lipschitz_size.tolist() == [10, 10] and not torch.equal(layer.lipschitz, twin.lipschitz)

@@ -106,6 +106,9 @@ def test_a_robust_run_killed_mid_epoch_resumes_to_the_same_model_file_calibratio
     with pytest.raises(_Stop):
         run_train(_config(tmp_path / "run", checkpoint_every=3, **ROBUST), stop)
     resumed = run_train(TrainConfig.from_state(tmp_path / "run" / "state.safetensors"))
+    # the first row after a mid-epoch resume says its training terms cover batch 3 on only
+    assert resumed.history[0]["train_from_batch"] == 3 and "train_from_batch" not in resumed.history[1]
+    assert not any("train_from_batch" in row for row in reference.history)
     a, b = load_file(reference.model_path), load_file(resumed.model_path)
     assert a.keys() == b.keys() and not [k for k in a if not torch.equal(a[k], b[k])]
     rule_a = csc_cli.load(reference.model_path).csc_card.lambda_rule
@@ -145,6 +148,6 @@ def test_robustness_options_that_cannot_apply_are_refused(tmp_path, extra, messa
 def test_the_ctrl_game_refuses_the_classifier_robustness_options(tmp_path, cli):
     code, _, err = cli(["train", "digits", "--arch", "ctrl_dcgan32", "--csc", "all", "--lambda-jitter", "0.1,0.3",
                         "--epochs", "1", "--out", str(tmp_path / "ae")])
-    assert code != 0 and "for classifiers" in err and "Traceback" not in err
+    assert code != 0 and "classifier options" in err and "Traceback" not in err
     code, _, err = cli(["train", "digits", "--lambda-jitter", "0.1", "--epochs", "1", "--out", str(tmp_path / "x")])
     assert code != 0 and "LO,HI" in err

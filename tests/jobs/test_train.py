@@ -220,6 +220,9 @@ def test_every_shipped_recipe_parses(recipe):
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.init) == (0.01, 128, 5e-4, None)
         # distillation from the source is on; the continuation path is off (issue 25: no gain measured)
         assert cfg.distill > 0 and cfg.continuation == 0
+    elif recipe.stem == "cifar10_convert_robust":  # issue 29: at most 5 epochs, --lambda auto ready at the end
+        assert (cfg.lr, cfg.batch_size, cfg.init, cfg.epochs) == (0.01, 128, None, 5)
+        assert cfg.distill > 0 and cfg.calibrate_lambda and cfg.calibration_rule == "best"
     elif recipe.stem == "cifar10_resnet20_stem":  # the SDNet CIFAR recipe on ResNet-20, cut to a CPU budget
         assert (cfg.arch, cfg.csc, cfg.lam, cfg.steps) == ("resnet20_cifar", "stem", 0.1, 2)
         assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.epochs, cfg.nesterov) == (0.1, 128, 5e-4, 30, True)
@@ -238,6 +241,13 @@ def test_every_shipped_recipe_parses(recipe):
         (["train", "--epochs", "0"], "epochs must be >= 1"),
         (["train", "--select", "best"], "--val-split"),
         (["train", "cifar10", "--data-dir", "/nonexistent/place"], "give --data-dir"),
+        # issue 32: an option one task family would ignore is refused, naming the family
+        (["train", "--width", "16"], "options of the CTRL game"),
+        (["train", "--pixel-weight", "1"], "options of the CTRL game"),
+        (["train", "--arch", "ctrl_dcgan32", "--csc", "all", "--ema", "0.9"], "classifier options"),
+        (["train", "--arch", "ctrl_dcgan32", "--csc", "all", "--deterministic"], "classifier options"),
+        (["train", "--arch", "ctrl_dcgan32", "--csc", "all", "--compile"], "classifier options"),
+        (["train", "--arch", "ctrl_dcgan32", "--csc", "all", "--channels-last"], "classifier options"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, cli, tmp_path):
@@ -253,6 +263,11 @@ def test_bad_recipe_and_out_and_resume(cli, tmp_path):
     bad.write_text('epochs = "ten"\n')
     code, _, err = cli(["train", "--recipe", str(bad)])
     assert code == 1 and "epochs must be an integer" in err
+    for line, message in (('width = "wide"', "width must be an integer"), ("init = 3", "init must be a string"),
+                          ("max_batches = 1.5", "max_batches must be an integer")):  # defaults of None, typed too
+        bad.write_text(line + "\n")
+        code, _, err = cli(["train", "--recipe", str(bad)])
+        assert code == 1 and message in err, err
     afile = tmp_path / "afile"
     afile.write_text("x")
     code, _, err = cli(["train", "--out", str(afile)])
@@ -384,3 +399,14 @@ def test_progress_events_are_typed(tmp_path):
         for e in seen:
             view(e)
     assert view.table.row_count == 2
+
+
+def test_every_field_whose_default_is_none_has_a_recipe_type():
+    """A recipe key is type-checked against its field's default -- or, where that is None, against
+    OPTIONAL_TYPES; a new such field without an entry would be unchecked (issue 32)."""
+    import dataclasses
+
+    from csc_cli.jobs.train_config import OPTIONAL_TYPES
+
+    none_fields = {f.name for f in dataclasses.fields(TrainConfig) if f.default is None}
+    assert none_fields == set(OPTIONAL_TYPES)

@@ -297,9 +297,15 @@ class CTRLGame(TaskFamily):
         if config.continuation or config.distill:
             raise ValueError("--continuation and --distill are for classifiers converted from a ConvNet: the CTRL game "
                              "has neither (drop them)")
-        if config.lambda_jitter or config.calibrate_lambda or config.noise_augment:
-            raise ValueError("--lambda-jitter, --calibrate-lambda and --noise-augment are for classifiers: the CTRL "
-                             "game has none of them (drop them)")
+        ignored = [flag for flag, value in (
+            ("--lambda-jitter", config.lambda_jitter), ("--calibrate-lambda", config.calibrate_lambda),
+            ("--noise-augment", config.noise_augment), ("reconstruction", config.reconstruction),
+            ("--ema", config.ema), ("--deterministic", config.deterministic), ("--compile", config.compile),
+            ("--channels-last", config.channels_last), ("--label-smoothing", config.label_smoothing),
+            ("--clip-grad", config.clip_grad), ("--teacher", config.teacher)) if value]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)}: classifier options; the CTRL game (an autoencoder run) has "
+                             "no such setting (drop them)")
 
     def setup(self, run: RunContext) -> None:
         config, data = run.config, run.data

@@ -83,6 +83,18 @@ class ClassifierTraining(TaskFamily):
                "val_loss", "val_acc")
 
     def prepare(self, config: TrainConfig, device: torch.device) -> None:
+        game_only = [flag for flag, value, default in (
+            ("--width", config.width, None), ("--pixel-weight", config.pixel_weight, 0.0),
+            ("--feature-weight", config.feature_weight, 0.0), ("--encoder-pixel-weight", config.encoder_pixel_weight, 0.0),
+            ("--encoder-steps", config.encoder_steps, 1), ("--ctrl-mode", config.ctrl_mode, "multi"),
+            ("--feature-dim", config.feature_dim, 128), ("first_step_dr", config.first_step_dr, False),
+            ("eps2", config.eps2, 0.5), ("encoder_beta1", config.encoder_beta1, 0.5),
+            ("encoder_beta2", config.encoder_beta2, 0.999), ("decoder_beta1", config.decoder_beta1, 0.5),
+            ("decoder_beta2", config.decoder_beta2, 0.999))
+            if value != default]
+        if game_only:
+            raise ValueError(f"{', '.join(game_only)}: options of the CTRL game (autoencoders); a classifier run has "
+                             "no such setting (drop them)")
         if config.optimizer == GAME_OPTIMIZER:
             raise ValueError(f"optimizer {GAME_OPTIMIZER!r} is the CTRL game's (autoencoders): a classifier trains "
                              f"with {' or '.join(OPTIMIZERS)}")
