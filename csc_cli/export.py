@@ -221,7 +221,13 @@ def _lambda_plan(model: nn.Module, part: str, lambda_inputs: str) -> Dict[str, L
         return {f"lambda.{name}": [name] for name in layers}
     encoder = [n for n in layers if n.startswith("encoder.")] if part in ("encoder", "both") else []
     # csc eval's lambda of an autoencoder: every encoder CSC layer; otherwise the first CSC layer
-    return {"lambda": encoder or layers[:1]}
+    shared = encoder or layers[:1]
+    trained = csc_layers(model)
+    values = {float(trained[n].lam) for n in shared}
+    if len(values) > 1:  # one input's default cannot be each layer's trained value
+        raise ValueError(f"the layers one lambda input would set were trained at different lambdas "
+                         f"({', '.join(f'{v:g}' for v in sorted(values))}): export with --lambda-inputs each")
+    return {"lambda": shared}
 
 
 def _stored_rule(model: nn.Module, part: str) -> LambdaRule:
@@ -455,7 +461,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], *, part: Optional[str]
         proto = _export_graph(work, part, x, plan, rule, trained, input_size)
     except Exception as exc:  # noqa: BLE001 - a rule ONNX cannot express (or torch.export cannot trace):
         if rule is None:      # the lambda input instead; an error that is not the rule's fails again below
-            raise
+            raise ValueError(f"the graph could not be exported: {_reason(exc)}") from exc
         notes.append(f"the {rule.kind} rule could not be written in ONNX operators ({_reason(exc)}): exported "
                      "the lambda input instead")
         rule, plan = None, _lambda_plan(work, part, lambda_inputs)

@@ -418,6 +418,27 @@ def test_a_difference_above_the_tolerance_fails_the_check(digits_export, monkeyp
     assert check_export(csc_cli.load(path), spec, ExportConfig(model=str(path), check=4, tolerance=1e-2))["passed"]
 
 
+def test_a_nan_difference_fails_the_check(digits_export, monkeypatch):
+    """A NaN in onnxruntime's output is the worst difference, not one max() may skip (review)."""
+    import csc_cli.jobs.export as job
+
+    path, _, _, spec = digits_export
+    real = job.run_onnx
+    monkeypatch.setattr(job, "run_onnx", lambda *a, **k: {n: v * float("nan") for n, v in real(*a, **k).items()})
+    with pytest.raises(ValueError, match="above the tolerance"):
+        check_export(csc_cli.load(path), spec, ExportConfig(model=str(path), check=4))
+
+
+def test_one_lambda_input_for_layers_trained_at_different_lambdas_is_refused(files, tmp_path):
+    """One input's default cannot be two trained values: the encoder's layers at 0.1 and 0.3 need
+    --lambda-inputs each (review)."""
+    model = csc_cli.load(files["csc_ctrl"])
+    encoder = [m for n, m in csc_layers(model).items() if n.startswith("encoder.")]
+    encoder[-1].lam = 0.3
+    with pytest.raises(ValueError, match="--lambda-inputs each"):
+        export_onnx(model, tmp_path / "x.onnx", part="encoder")
+
+
 # ----------------------------------------------------------------------------- the README snippet
 def _snippet(text):
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)

@@ -161,8 +161,9 @@ def check_export(model, spec: ExportSpec, config: ExportConfig, emit: ProgressFn
             row["top1_agreement"] = float((ref["logits"].argmax(1) == onnx_out["logits"].argmax(1)).double().mean())
         rows.append(row)
         emit(Step("checking against csc", i + 1, len(settings), what))
-    worst = max(((r["setting"], name, d["max_rel"]) for r in rows for name, d in r["outputs"].items()),
-                key=lambda item: item[2])
+    # a NaN difference is the worst (max() would keep whatever came first)
+    worst = max(((r["setting"], name, d["max_rel"] if d["max_rel"] == d["max_rel"] else float("inf"))
+                 for r in rows for name, d in r["outputs"].items()), key=lambda item: item[2])
     report = {"on": on, "images": int(images.shape[0]), "tolerance": config.tolerance, "rows": rows,
               "max_abs": max(d["max_abs"] for r in rows for d in r["outputs"].values()),
               "max_rel": worst[2], "passed": worst[2] <= config.tolerance, "notes": notes,

@@ -271,8 +271,9 @@ def run_training(config: TrainConfig, family: TaskFamily, progress: Optional[Pro
             save(load(out / "best.safetensors"), model_path, **info, training=summary)
         else:
             save(family.final_model(), model_path, **info, training=summary)
-    finished = family.finish(model_path) if dist.is_writer else None
-    dist.close()
+    writer = dist.is_writer
+    dist.close()  # first: the other processes need not wait in the final barrier while the writer calibrates
+    finished = family.finish(model_path) if writer else None
     emit(TrainDone(seconds=seconds))
     return TrainResult(out=str(out), model_path=str(model_path), epochs=config.epochs, last=last, best=best,
                        history=history, parameters=parameters, seconds=seconds, resumed_from_epoch=resumed_from,

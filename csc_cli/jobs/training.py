@@ -108,8 +108,12 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         for e, p in zip(self.model.parameters(), model.parameters()):
             e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
-        for e, b in zip(self.model.buffers(), model.buffers()):
-            if e.shape == b.shape:
+        # by name: the live model's CSC layers gain warm-start buffers (_power_vec, _power_atoms) on their
+        # first training forward and the average never does, so a pairing by position would shift
+        live = dict(model.named_buffers())
+        for name, e in self.model.named_buffers():
+            b = live.get(name)
+            if b is not None and e.shape == b.shape:
                 e.copy_(b)
 
     @torch.no_grad()

@@ -209,7 +209,7 @@ def test_raising_lambda_on_heavy_gaussian_noise_changes_predictions_without_sign
 @pytest.mark.slow
 def test_eval_sweeps_lambda_and_the_stem_residual_grows_with_noise(cifar_mini_models):
     """csc eval's sweep on the cifar10-mini SDNet: one accuracy per lambda and level, the oracle is
-    the curve's maximum (so never below the trained lambda's), the stem's residual grows with the
+    the curve's maximum, the stem's residual grows with the
     noise (paired on the same images: the noise energy steps are far above their spread), and the
     conv-stem baseline gives an mCE for the corruptions asked."""
     sdnet, resnet = cifar_mini_models["stem"].model_path, cifar_mini_models["none"].model_path
@@ -218,7 +218,7 @@ def test_eval_sweeps_lambda_and_the_stem_residual_grows_with_noise(cifar_mini_mo
                             corruptions=["gaussian_noise", "contrast"], severities=[1, 3, 5], lambda_sweep=grid,
                             baseline=resnet, max_images=600))
     curve = r.sweep["accuracy"]["gaussian_noise"]["5"]
-    assert len(curve) == len(grid) and r.sweep["oracle"]["accuracy"]["gaussian_noise"]["5"] == max(curve) >= curve[0]
+    assert len(curve) == len(grid) and r.sweep["oracle"]["accuracy"]["gaussian_noise"]["5"] == max(curve)
     rs = [r.sweep["r"]["gaussian_noise"][s] for s in ("1", "3", "5")]
     assert r.sweep["r"]["clean"]["0"] < rs[0] < rs[1] < rs[2]  # noisier input, larger stem residual
     assert r.baseline["mce"] > 0 and set(r.corruptions["accuracy"]) == {"gaussian_noise", "contrast"}

@@ -110,6 +110,24 @@ def test_ema_model_gets_step_sizes_for_its_own_weights(tmp_path):
     assert abs(stored - own) < 0.25 * abs(trained - own)
 
 
+def test_the_weight_average_copies_each_buffer_from_its_namesake(gen):
+    """EMA.update copies the live model's buffers (lambdas, BatchNorm statistics, stored step sizes)
+    into the average by name: the live CSC layers gain warm-start buffers on their first training
+    forward and the average does not, so a pairing by position copied Lipschitz constants into
+    lambdas and BN counters into step sizes (found in review)."""
+    from csc_cli.jobs.training import EMA
+    from csc_cli.models import build_model
+
+    model = build_model("resnet20_cifar", 10, csc="all")
+    ema = EMA(model, 0.9)
+    model.train()
+    model(torch.rand(4, 3, 16, 16, generator=gen))
+    ema.update(model)
+    live = dict(model.named_buffers())
+    for name, buffer in ema.model.named_buffers():
+        assert torch.equal(buffer, live[name]), name
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

@@ -302,7 +302,7 @@ class CTRLGame(TaskFamily):
             ("--noise-augment", config.noise_augment), ("reconstruction", config.reconstruction),
             ("--ema", config.ema), ("--deterministic", config.deterministic), ("--compile", config.compile),
             ("--channels-last", config.channels_last), ("--label-smoothing", config.label_smoothing),
-            ("--clip-grad", config.clip_grad), ("--teacher", config.teacher)) if value]
+            ("--teacher", config.teacher)) if value]
         if ignored:
             raise ValueError(f"{', '.join(ignored)}: classifier options; the CTRL game (an autoencoder run) has "
                              "no such setting (drop them)")
