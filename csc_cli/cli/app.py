@@ -4,7 +4,7 @@ Help is meant to read at 80 columns: each command registers through :func:`comma
 docstring into paragraphs that rich wraps at the terminal's width (the first paragraph, one short
 sentence, is the command's line in ``csc --help``) and ends the help with a few real examples
 (:func:`examples`). Options are grouped into panels (``rich_help_panel=``) with one-line helps; the
-longer story goes into the docstring and the README. :mod:`.helpformat` lays the help out.
+longer story goes into the docstring and docs/<command>.md. :mod:`.helpformat` lays the help out.
 """
 
 from __future__ import annotations

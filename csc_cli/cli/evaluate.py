@@ -81,7 +81,7 @@ def eval_(
     """Evaluate a model: accuracy, corruptions, test-time lambda.
 
     A classifier: clean accuracy, corruption robustness (--corruptions: names or groups, repeatable
-    or comma-separated; the 19 names are in the README) and the test-time lambda as trained, the
+    or comma-separated; the 19 names are in docs/eval.md) and the test-time lambda as trained, the
     oracle of a --lambda-sweep, or auto. --lambda, --lambda-scale and --lambda-layers mean the same
     in csc eval and csc attack: auto (the model's calibrated rule), a number (the first CSC layer)
     or layer=value,...; the scale multiplies the trained lambda of the first (or every) CSC layer.

@@ -50,15 +50,17 @@ def test_batches_are_seeded_resumable_and_sharded():
 
 # ------------------------------------------------------------------ real training
 @pytest.mark.slow
-def test_default_run_learns_digits_and_the_model_file_restores_it(tmp_path):
-    result = run_train(TrainConfig(out=str(tmp_path / "run")))
+def test_default_run_learns_digits_and_the_model_file_restores_it(digits_sdnet_run):
+    """`csc train`'s default run (the session's, conftest): it learns digits and its files say so."""
+    result = digits_sdnet_run
+    run = Path(result.out)
     # measured here: 98.9% after 12 epochs in ~15 s on 2 cores
     assert result.last["test_acc"] >= 0.95
     assert result.seconds > 0  # reported; wall-clock speed is the benchmarks' business, not a test's (it
     # exceeded a 120 s bound when two suites shared the 2 cores)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and "conv1" in rows[-1]["csc_layers"]
-    assert (tmp_path / "run" / "summary.csv").read_text().count("\n") == 13
+    assert (run / "summary.csv").read_text().count("\n") == 13
     model = csc_cli.load(result.model_path)
     test = load_dataset("digits", "test")
     card = model.csc_card
@@ -71,8 +73,9 @@ def test_default_run_learns_digits_and_the_model_file_restores_it(tmp_path):
 @pytest.mark.slow
 def test_sdnet_and_resnet_both_learn_cifar10_mini(cifar_mini_models):
     accs = {csc: r.last["test_acc"] for csc, r in cifar_mini_models.items()}
-    print(f"cifar10-mini, resnet20_cifar, 6 epochs: SDNet (csc stem) {accs['stem']:.3f}, ResNet {accs['none']:.3f}")
-    # chance is 0.10; measured here: see the closing note of the eval issue
+    print(f"cifar10-mini, resnet20_cifar, 4 / 3 epochs: SDNet (csc stem) {accs['stem']:.3f}, ResNet {accs['none']:.3f}")
+    # chance is 0.10; measured 0.452 and 0.413 on 1017 test images (one standard error ~0.016):
+    # 0.35 is four standard errors below the weaker
     assert accs["stem"] > 0.35 and accs["none"] > 0.35
 
 
