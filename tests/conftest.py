@@ -9,6 +9,20 @@ import torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 
+# `make test` runs two pytest-xdist workers of one thread each (`-n 2 --dist loadgroup`). A worker
+# builds its own session and module fixtures, so tests sharing an expensive one go to one worker: the
+# trained models below by fixture, every other module's tests together (its module fixtures are then
+# built once). Without xdist the marks do nothing.
+SHARED_FIXTURES = ("cifar_mini_models", "digits_sdnet_run", "tiny_ae")
+
+
+def pytest_itemcollected(item):
+    """Marks each test as it is collected: before xdist's collection hook reads the groups."""
+    names = set(getattr(item, "fixturenames", ()))
+    group = next((name for name in SHARED_FIXTURES if name in names), None)
+    item.add_marker(pytest.mark.xdist_group(group or item.nodeid.split("::")[0]))
+
+
 @pytest.fixture
 def gen():
     """A seeded generator, so every test draws the same numbers whatever ran before it."""
