@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/csc train --out out/demo
 
-# Two pytest-xdist workers of one thread each: on 2 cores ~1.4x faster than one process of two threads
-# (measured in one session: 637 s against 852-946 s; small tensors use a second thread poorly). Tests
-# sharing a trained model run on one worker (tests/conftest.py). WORKERS=0: one process.
+# Two pytest-xdist workers of one thread each (measured in one session on 2 cores: 600-637 s, against
+# 682-946 s for one process of two threads; small tensors use a second thread poorly). Tests sharing a
+# trained model run on one worker (tests/conftest.py). WORKERS=0: one process.
 WORKERS ?= 2
 XDIST = $(if $(filter 0,$(WORKERS)),-p no:xdist,-n $(WORKERS) --dist loadgroup)
 

@@ -18,6 +18,8 @@ SHARED_FIXTURES = ("cifar_mini_models", "digits_sdnet_run", "tiny_ae")
 
 def pytest_itemcollected(item):
     """Marks each test as it is collected: before xdist's collection hook reads the groups."""
+    if not item.config.pluginmanager.hasplugin("xdist"):  # -p no:xdist: the mark is not even registered
+        return
     names = set(getattr(item, "fixturenames", ()))
     group = next((name for name in SHARED_FIXTURES if name in names), None)
     item.add_marker(pytest.mark.xdist_group(group or item.nodeid.split("::")[0]))
