@@ -84,4 +84,3 @@ def cifar_mini_models(tmp_path_factory):
                           batch_size=64, lr=0.05, seed=0, out=str(root / csc))
         results[csc] = run_train(cfg)
     return results
-

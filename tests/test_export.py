@@ -12,7 +12,6 @@ files, as csc export reads them.
 import contextlib
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -442,15 +441,12 @@ def test_one_lambda_input_for_layers_trained_at_different_lambdas_is_refused(fil
 
 
 # ----------------------------------------------------------------------------- the docs snippet
-def _snippet(text):
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    return [b for b in blocks if "onnxruntime" in b]
-
-
 def test_the_docs_snippet_runs_as_written(digits_export, monkeypatch):
     """The snippet of docs/export.md, exactly as written, on an exported SDNet at two lambdas
     (tests/test_docs.py leaves this page's Python to this test: it needs a model.onnx)."""
-    (snippet,) = _snippet((ROOT / "docs" / "export.md").read_text())
+    from tests.test_docs import blocks
+
+    (snippet,) = [text for lang, text, _ in blocks(ROOT / "docs" / "export.md") if lang == "python"]
     monkeypatch.chdir(digits_export[1].parent)
     scope = {}
     exec(compile(snippet, "docs/export.md snippet", "exec"), scope)

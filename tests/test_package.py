@@ -2,12 +2,9 @@
 
 import importlib
 import re
-from pathlib import Path
 
 import csc_cli
-
-ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+from tests.test_docs import PAGES
 
 
 def test_every_csc_cli_call_in_the_docs_exists():
