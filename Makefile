@@ -41,7 +41,7 @@ test-portable: $(STAMP)
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" $(XDIST)
 
-# The README's CSC-CTRL pictures: trains recipes/ctrl_digits.toml (~9 min), then csc inspect
+# The CSC-CTRL pictures: trains recipes/ctrl_digits.toml for CSC-CTRL and CTRL (~7 + 3 min), then csc inspect
 docs-figures: $(STAMP)
 	$(PY) docs/make_figures.py
 

@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--encoder-steps", type=int, default=1)
+    parser.add_argument("--image", default="synthesis", choices=["synthesis", "code"],
+                        help="CSC-CTRL's image stage (code: the layout before issue 30)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--json", action="store_true")
@@ -45,7 +47,8 @@ def main() -> None:
     games = {}
     for csc in ("none", "all"):
         model = build_autoencoder(args.arch, in_chans=args.channels, feature_dim=args.feature_dim, csc=csc,
-                                  image_size=size if args.arch == "ctrl_resnet" else None)
+                                  image_size=size if args.arch == "ctrl_resnet" else None,
+                                  **({"image": args.image} if csc == "all" else {}))
         set_input_normalization(model, [0.5] * args.channels, [0.5] * args.channels)
         config = TrainConfig(arch=args.arch, csc=csc, feature_dim=args.feature_dim, encoder_steps=args.encoder_steps)
         games[csc] = GameStep(model, _optimizer(model, config), config, args.classes, torch.device("cpu"),
@@ -58,12 +61,12 @@ def main() -> None:
             game(x, y)
             times[csc].append(time.perf_counter() - start)
     ctrl, csc_ctrl = statistics.median(times["none"]), statistics.median(times["all"])
-    result = {"arch": args.arch, "batch": args.batch, "image_size": size, "feature_dim": args.feature_dim,
+    result = {"arch": args.arch, "image": args.image, "batch": args.batch, "image_size": size, "feature_dim": args.feature_dim,
               "threads": torch.get_num_threads(), "ctrl_s": ctrl, "csc_ctrl_s": csc_ctrl, "ratio": csc_ctrl / ctrl}
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.arch} batch {args.batch} at {size} px, d = {args.feature_dim}, {torch.get_num_threads()} threads: "
+    print(f"{args.arch} (CSC-CTRL image: {args.image}) batch {args.batch} at {size} px, d = {args.feature_dim}, {torch.get_num_threads()} threads: "
           f"CTRL {ctrl:.3f} s, CSC-CTRL {csc_ctrl:.3f} s per iteration (medians of {args.repeats}): "
           f"ratio {csc_ctrl / ctrl:.2f} (target <= 3)")
 

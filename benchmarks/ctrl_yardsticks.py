@@ -30,35 +30,27 @@ from csc_cli.metrics import psnr, ssim  # noqa: E402
 from csc_cli.surgery import set_input_normalization  # noqa: E402
 
 
-def mse_trained(train, test, csc: str, width: int, feature_dim: int, iterations: int, batch: int, lr: float,
-                seed: int) -> dict:
-    torch.manual_seed(seed)
-    c = train.images.shape[1]
-    model = build_autoencoder("ctrl_dcgan32", in_chans=c, feature_dim=feature_dim, csc=csc, width=width)
-    set_input_normalization(model, [0.5] * c, [0.5] * c)
+def train_on_mse(model, images: torch.Tensor, iterations: int, batch: int, lr: float, seed: int) -> float:
+    """``model`` (an autoencoder) trained on ``sum_pixels (g(f(x)) - x)^2`` alone: Adam betas (0.5,
+    0.999), lr decayed linearly to 0 as in the game's recipes, seeded batches. Returns the seconds."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     model.train()
     for step in range(iterations):
-        for group in optimizer.param_groups:  # linear decay to 0, as the game's recipes
+        for group in optimizer.param_groups:
             group["lr"] = lr * (1 - step / iterations)
-        idx = torch.randint(0, train.images.shape[0], (batch,), generator=g)
-        x = train.images[idx]
+        x = images[torch.randint(0, images.shape[0], (batch,), generator=g)]
         loss = (model.reconstruct(x) - x).square().flatten(1).sum(1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    seconds = time.perf_counter() - started
     model.eval()
-    with torch.no_grad():
-        recon = torch.cat([model.reconstruct(test.images[i:i + 256]).clamp(0, 1)
-                           for i in range(0, test.images.shape[0], 256)])
-    return {"psnr": psnr(recon, test.images), "ssim": ssim(recon, test.images), "seconds": seconds}
+    return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every pixel-MSE yardstick script shares."""
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir")
     parser.add_argument("--width", type=int, default=16)
@@ -67,8 +59,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--csc", nargs="+", default=["none", "all"], choices=["none", "all"])
     parser.add_argument("--json", action="store_true")
+
+
+def mse_trained(train, test, csc: str, width: int, feature_dim: int, iterations: int, batch: int, lr: float,
+                seed: int) -> dict:
+    torch.manual_seed(seed)
+    c = train.images.shape[1]
+    model = build_autoencoder("ctrl_dcgan32", in_chans=c, feature_dim=feature_dim, csc=csc, width=width)
+    set_input_normalization(model, [0.5] * c, [0.5] * c)
+    seconds = train_on_mse(model, train.images, iterations, batch, lr, seed)
+    with torch.no_grad():
+        recon = torch.cat([model.reconstruct(test.images[i:i + 256]).clamp(0, 1)
+                           for i in range(0, test.images.shape[0], 256)])
+    return {"psnr": psnr(recon, test.images), "ssim": ssim(recon, test.images), "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    pair_arguments(parser)
+    parser.add_argument("--csc", nargs="+", default=["none", "all"], choices=["none", "all"])
     args = parser.parse_args()
     root = Path(args.data_dir) if args.data_dir else None
     train = load_dataset(args.dataset, "train", root, image_size=32)

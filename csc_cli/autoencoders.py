@@ -33,8 +33,9 @@ Two architectures, registered with timm (``csc_cli.create_model(name, **kwargs)`
 layer table is not public (see PAPER.md section 2); these are **our design choices**, made through
 the surgery engine (:func:`csc_cli.surgery.edit_model`, so a model file replays them):
 
-1. Every encoder conv becomes a :class:`~csc_cli.layers.CSCConv2d` and every decoder transposed conv a
-   :class:`~csc_cli.layers.CSCConvTranspose2d` (sparse deconvolution) -- the 1x1 / 2x2 projection
+1. Every encoder conv becomes a :class:`~csc_cli.layers.CSCConv2d` and every decoder transposed conv
+   but the last (the image's synthesis, 3. below) a :class:`~csc_cli.layers.CSCConvTranspose2d`
+   (sparse deconvolution) -- the 1x1 / 2x2 projection
    shortcuts of ``ctrl_resnet`` included (SDNet-All keeps its 1x1 shortcuts as convs; CSC-CTRL is
    described as CSC "everywhere", and converting them keeps every layer a dictionary). Options
    default to SDNet's layer: ``lam=0.1, steps=2, units='code'``, non-negative codes.
@@ -43,11 +44,18 @@ the surgery engine (:func:`csc_cli.surgery.edit_model`, so a model file replays 
    after a residual addition stay (SDNet-All keeps the ReLU after ``+ shortcut``): they act on a sum,
    not on a code.
 3. The two **ends** are different. The last encoder layer (-> the d features that are l2-normalised
-   onto the sphere) and the last decoder layer (-> the image, then tanh, which must reach negative
-   values) take **signed** codes (``nonneg=False``): a non-negative code there would confine the
-   features to the positive orthant of the sphere (losing most of the room rate reduction needs) and
-   the image to [0, 1) after tanh. What follows them (flatten + l2-normalisation; tanh) is kept.
-   ``csc_options`` apply to every layer, except that the ends are always signed.
+   onto the sphere) takes a **signed** code (``nonneg=False``): a non-negative code there would
+   confine the features to the positive orthant of the sphere, losing most of the room rate reduction
+   needs; the flatten + l2-normalisation after it is kept. The image is a **synthesis** of the last
+   sparse deconvolution's code (``image='synthesis'``, the default since issue 30): the decoder's
+   last layer stays a transposed conv, so ``x = tanh(D_1 z_1)`` with ``z_1`` the previous stage's
+   (BN'd) code and ``D_1`` that layer's weight -- the paper's generative model ``x = D_1 z_1``, where
+   the image is the synthesis of a sparse code and not itself sparse. ``image='code'`` is the layout
+   before issue 30: the last decoder layer is a sparse deconvolution too, with a signed code that
+   *is* the image before tanh. Its l1 term pulls every pixel towards 0, mid-grey after tanh, so it
+   fights a digit's -1 background; on the pixel-MSE yardstick (digits, lr 3e-3) it costs 2.2 dB
+   against the synthesis (benchmarks/RESULTS.md, "CSC-CTRL at least as good as CTRL").
+   ``csc_options`` apply to every CSC layer, except that the signed ends are always signed.
 4. A CSC layer whose code goes to the next CSC layer with no BN in between (``ctrl_dcgan32``'s first
    encoder layer: CTRL has no BN there) returns it in conv units (``units='conv'``: the code times
    ``||W_m|| / t``) unless ``csc_options`` name the units: in code units its output is ~``t`` (~0.1)
@@ -83,15 +91,18 @@ import torch.nn.functional as F
 from timm.models import register_model
 
 from .card import Edit
+from .choices import CTRL_IMAGES
 from .registry import create_model
 from .surgery import card_of, convertible, edit_model, find_convs, input_normalization, to_csc_edit
 
-__all__ = ["CTRLAutoencoder", "DownBlock", "UpBlock", "FeatureMap", "Sphere", "build_autoencoder", "is_autoencoder",
-           "autoencoder_layout", "untrained_norms", "check_trained", "AUTOENCODER_ARCHS", "CTRL_MEAN", "CTRL_STD"]
+__all__ = ["IMAGE_STAGES", "CTRLAutoencoder", "DownBlock", "UpBlock", "FeatureMap", "Sphere", "build_autoencoder", "is_autoencoder",
+           "autoencoder_layout", "decoder_image", "untrained_norms", "check_trained", "AUTOENCODER_ARCHS", "CTRL_MEAN", "CTRL_STD"]
 
 CTRL_MEAN = 0.5  # per channel: (x - 0.5) / 0.5 maps [0, 1] images to CTRL's [-1, 1]
 CTRL_STD = 0.5
 AUTOENCODER_ARCHS = ("ctrl_dcgan32", "ctrl_resnet")
+#: CSC-CTRL's decoder output: the synthesis x = D_1 z_1 (default) or the sparse code itself (before issue 30)
+IMAGE_STAGES = CTRL_IMAGES
 RESNET_IMAGE_SIZES = (64, 128)
 _CHANNEL_MULTIPLIERS = (1, 2, 4, 8, 8)  # ctrl_resnet's stage widths, in units of `width`
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
@@ -394,19 +405,25 @@ def autoencoder_layout(model: nn.Module) -> Dict[str, List[str]]:
 
 
 def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc: str = "all",
-                      image_size: Optional[int] = None, width: Optional[int] = None,
+                      image_size: Optional[int] = None, width: Optional[int] = None, image: str = "synthesis",
                       **csc_options: Any) -> CTRLAutoencoder:
     """CTRL's autoencoder (``csc='none'``) or CSC-CTRL's (``csc='all'``): see the module docstring
     for the layers and the design choices. ``image_size`` is ``ctrl_resnet``'s, ``width`` both's;
-    ``csc_options`` (``lam``, ``steps``, ``nonneg``, ``units``...) go to every CSC layer (defaults
-    ``lam=0.1, steps=2, units='code'``), except that the two end layers are always signed. The
-    model's card says ``task='autoencoder'``, and its edit log rebuilds it on load."""
+    ``image`` is how CSC-CTRL's decoder makes the image: ``'synthesis'`` (the last layer stays a
+    transposed conv, ``x = D_1 z_1``) or ``'code'`` (a sparse deconvolution whose signed code is the
+    image: the layout before issue 30). ``csc_options`` (``lam``, ``steps``, ``nonneg``, ``units``...)
+    go to every CSC layer (defaults ``lam=0.1, steps=2, units='code'``), except that the ends are
+    always signed. The model's card says ``task='autoencoder'`` and names the image stage in its
+    notes (``decoder_image``); its edit log rebuilds it on load."""
     if arch not in AUTOENCODER_ARCHS:
         raise ValueError(f"unknown autoencoder {arch!r}; choose one of {', '.join(AUTOENCODER_ARCHS)}")
     if csc not in ("all", "none"):
         raise ValueError(f"csc must be 'all' (CSC-CTRL) or 'none' (CTRL), got {csc!r}")
-    if csc == "none" and csc_options:
-        raise ValueError(f"CSC options {sorted(csc_options)} need csc='all'")
+    if image not in IMAGE_STAGES:
+        raise ValueError(f"image must be one of {', '.join(IMAGE_STAGES)}, got {image!r}")
+    if csc == "none" and (csc_options or image != "synthesis"):
+        extra = sorted(csc_options) + (["image"] if image != "synthesis" else [])
+        raise ValueError(f"CSC options {extra} need csc='all'")
     kwargs: Dict[str, Any] = {"in_chans": in_chans, "feature_dim": feature_dim}
     if arch == "ctrl_resnet":
         kwargs.update(image_size=image_size, width=width)
@@ -416,12 +433,16 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
         if width is not None:
             kwargs["width"] = width
     model = create_model(arch, **kwargs)
-    card_of(model).task = "autoencoder"
+    card = card_of(model)
+    card.task = "autoencoder"
     if csc == "none":
         return model
     layout = autoencoder_layout(model)
+    image_layer = layout["ends"][1]
     options = {**_CSC_DEFAULTS, **csc_options}
     for name in layout["convs"]:
+        if name == image_layer and image == "synthesis":
+            continue  # x = D_1 z_1: the last transposed conv is the synthesis by the dictionary D_1
         layer_options = dict(options)
         if name in layout["ends"]:
             layer_options["nonneg"] = False
@@ -430,4 +451,16 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
         edit_model(model, to_csc_edit(model.get_submodule(name), name, **layer_options))
     for name in layout["activations"]:
         edit_model(model, Edit("identity", name))
+    card.notes["decoder_image"] = image
     return model
+
+
+def decoder_image(model: nn.Module) -> Optional[str]:
+    """How a CSC-CTRL model's decoder makes the image: ``'synthesis'`` (its last layer a transposed
+    conv), ``'code'`` (a sparse deconvolution: models before issue 30), or None for CTRL (no CSC)."""
+    from .layers import CSCConvNd
+
+    modules = [m for m in model.decoder.modules() if isinstance(m, (CSCConvNd, nn.ConvTranspose2d))]
+    if not any(isinstance(m, CSCConvNd) for m in model.modules()):
+        return None
+    return "code" if modules and isinstance(modules[-1], CSCConvNd) else "synthesis"

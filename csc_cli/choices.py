@@ -18,6 +18,8 @@ SCHEDULES = ("cosine", "step", "constant", "linear")
 # CSC-CTRL (csc_cli.jobs.autoencoder.train): the autoencoders and the two forms of the rate-reduction game
 CTRL_ARCHS = ("ctrl_dcgan32", "ctrl_resnet")
 CTRL_MODES = ("multi", "binary")
+# how CSC-CTRL's decoder makes the image: the synthesis x = D_1 z_1 (default) or the sparse code itself
+CTRL_IMAGES = ("synthesis", "code")
 AMP_MODES = ("none", "bf16", "fp16")
 SELECT_MODES = ("last", "best")
 AUGMENTATIONS = ("none", "crop_flip", "crop", "imagenet")  # csc_cli.data.pipeline

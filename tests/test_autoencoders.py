@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import csc_cli
 from csc_cli import CSCConv2d, CSCConvTranspose2d
-from csc_cli.autoencoders import CTRLAutoencoder, FeatureMap, Sphere, autoencoder_layout
+from csc_cli.autoencoders import CTRLAutoencoder, FeatureMap, Sphere, autoencoder_layout, decoder_image
 from csc_cli.layers import CSCConvNd
 from csc_cli.models import build_autoencoder, build_model, create_model, is_autoencoder
 from csc_cli.surgery import card_of, sync_card
@@ -106,15 +106,24 @@ def test_csc_has_exactly_the_conv_weights(arch, kwargs, size):
 
 
 @pytest.mark.parametrize("arch, kwargs, size", ARCHS)
-def test_csc_all_converts_every_conv_and_keeps_the_ends(arch, kwargs, size):
+@pytest.mark.parametrize("image", ["synthesis", "code"])
+def test_csc_all_converts_every_conv_and_keeps_the_ends(arch, kwargs, size, image):
+    """Every conv a CSC layer, the image's layer aside: with image='synthesis' (the default) the last
+    transposed conv stays one (x = D_1 z_1); with 'code' it is a sparse deconvolution too."""
     plain = build_autoencoder(arch, csc="none", **kwargs)
-    model = build_autoencoder(arch, csc="all", **kwargs)
+    model = build_autoencoder(arch, csc="all", image=image, **kwargs)
+    assert model is not None and build_autoencoder(arch, csc="all", **kwargs).csc_card.notes == {
+        "decoder_image": "synthesis"}
     encoder_convs = convs(plain.encoder, {nn.Conv2d}, "encoder.")
     decoder_convs = convs(plain.decoder, {nn.ConvTranspose2d}, "decoder.")
     assert encoder_convs and decoder_convs and not convs(plain.encoder, {nn.ConvTranspose2d})
     assert convs(model.encoder, {CSCConv2d}, "encoder.") == encoder_convs
-    assert convs(model.decoder, {CSCConvTranspose2d}, "decoder.") == decoder_convs
-    assert not convs(model, {nn.Conv2d, nn.ConvTranspose2d})  # nothing left unconverted
+    sparse_decoder = decoder_convs if image == "code" else decoder_convs[:-1]
+    assert convs(model.decoder, {CSCConvTranspose2d}, "decoder.") == sparse_decoder
+    # nothing else left unconverted; the synthesis is the plain transposed conv CTRL has there
+    assert convs(model, {nn.Conv2d, nn.ConvTranspose2d}) == ([] if image == "code" else decoder_convs[-1:])
+    assert model.csc_card.notes["decoder_image"] == image and decoder_image(model) == image
+    assert decoder_image(plain) is None
 
     if arch == "ctrl_dcgan32":
         ends = ("encoder.conv4", "decoder.deconv4")
@@ -144,17 +153,19 @@ def test_csc_all_converts_every_conv_and_keeps_the_ends(arch, kwargs, size):
     # the card's edit log holds every change, in order
     card = model.csc_card
     assert card.task == "autoencoder" and card.arch == arch
-    assert [e.target for e in card.edits if e.op == "to_csc"] == encoder_convs + decoder_convs
+    assert [e.target for e in card.edits if e.op == "to_csc"] == encoder_convs + sparse_decoder
     assert sorted(e.target for e in card.edits if e.op == "identity") == sorted(inner)
-    assert len(card.edits) == len(encoder_convs) + len(decoder_convs) + len(inner)
+    assert len(card.edits) == len(encoder_convs) + len(sparse_decoder) + len(inner)
 
 
-def test_csc_options_reach_every_layer_but_the_ends_stay_signed():
-    model = build_autoencoder("ctrl_dcgan32", csc="all", lam=0.2, steps=3, nonneg=True, units="code")
-    for name, layer in model.named_modules():
-        if isinstance(layer, CSCConvNd):
-            assert (float(layer.lam), layer.steps, layer.units) == (pytest.approx(0.2), 3, "code")
-            assert layer.nonneg == (name not in ("encoder.conv4", "decoder.deconv4"))
+@pytest.mark.parametrize("image", ["synthesis", "code"])
+def test_csc_options_reach_every_layer_but_the_ends_stay_signed(image):
+    model = build_autoencoder("ctrl_dcgan32", csc="all", image=image, lam=0.2, steps=3, nonneg=True, units="code")
+    layers = {name: layer for name, layer in model.named_modules() if isinstance(layer, CSCConvNd)}
+    assert len(layers) == (8 if image == "code" else 7)
+    for name, layer in layers.items():
+        assert (float(layer.lam), layer.steps, layer.units) == (pytest.approx(0.2), 3, "code")
+        assert layer.nonneg == (name not in ("encoder.conv4", "decoder.deconv4"))
 
 
 def test_codes_are_alive_at_initialisation():
@@ -200,10 +211,10 @@ def _roundtrip(model, size, path, **info):
 
 
 @pytest.mark.parametrize("arch, kwargs, size", ARCHS)
-@pytest.mark.parametrize("csc", ["none", "all"])
-def test_model_file_round_trip(tmp_path, arch, kwargs, size, csc):
+@pytest.mark.parametrize("csc, image", [("none", "synthesis"), ("all", "synthesis"), ("all", "code")])
+def test_model_file_round_trip(tmp_path, arch, kwargs, size, csc, image):
     torch.manual_seed(0)
-    model = build_autoencoder(arch, in_chans=3, csc=csc, **kwargs)
+    model = build_autoencoder(arch, in_chans=3, csc=csc, **({"image": image} if csc == "all" else {}), **kwargs)
     x, loaded = _roundtrip(model, size, tmp_path / "ae.safetensors")
     assert isinstance(loaded, CTRLAutoencoder) and not loaded.training
     card = loaded.csc_card
@@ -221,6 +232,8 @@ def test_model_file_round_trip(tmp_path, arch, kwargs, size, csc):
         assert torch.equal(loaded.encode(x), z)
         assert torch.equal(loaded.decode(z), model.decode(z))
     assert is_autoencoder(loaded)
+    assert decoder_image(loaded) == (None if csc == "none" else image)
+    assert card.notes == ({} if csc == "none" else {"decoder_image": image})
     # saved again, it is the same file's card
     csc_cli.save(loaded, tmp_path / "again.safetensors")
     assert csc_cli.read_card(tmp_path / "again.safetensors").to_document() == card.to_document()
@@ -265,6 +278,10 @@ def test_bad_requests():
         build_autoencoder("ctrl_dcgan32", csc="stem")
     with pytest.raises(ValueError, match="need csc='all'"):
         build_autoencoder("ctrl_dcgan32", csc="none", lam=0.2)
+    with pytest.raises(ValueError, match=r"CSC options \['image'\] need csc='all'"):
+        build_autoencoder("ctrl_dcgan32", csc="none", image="code")
+    with pytest.raises(ValueError, match="image must be one of synthesis, code"):
+        build_autoencoder("ctrl_dcgan32", image="pixels")
     with pytest.raises(ValueError, match="unknown autoencoder"):
         build_autoencoder("resnet18_cifar")
     with pytest.raises(ValueError, match="unsupported model argument"):

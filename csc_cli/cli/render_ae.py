@@ -65,8 +65,10 @@ def ae_evaluate(result: dict) -> None:
 
 def ae_inspect(result: dict) -> None:
     """Renderer of ``csc inspect`` on an autoencoder (``AEInspectResult.to_dict()``)."""
-    console.print(f"[bold]{result['model']}[/]: {result['arch']} (d {result['feature_dim']}) on {result['dataset']}, "
-                  f"{result['test_features']} test / {result['train_features']} training features")
+    image = result.get("decoder_image")
+    kind = "CTRL" if image is None else f"CSC-CTRL, image {'x = D_1 z_1' if image == 'synthesis' else 'the sparse code'}"
+    console.print(f"[bold]{result['model']}[/]: {result['arch']} ({kind}, d {result['feature_dim']}) on "
+                  f"{result['dataset']}, {result['test_features']} test / {result['train_features']} training features")
     rec, block = result["reconstruction"], result["block_diagonal"]
     t = Table(title="Numbers")
     t.add_column("quantity")

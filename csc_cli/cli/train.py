@@ -10,7 +10,7 @@ from ..choices import DATASET_HELP
 from ..jobs.train_config import TrainConfig, read_recipe
 from . import render
 from .app import command, console, err_console
-from .options import Amp, Augment, Backward, CscMode, CtrlMode, Optimizer, Schedule, Select, floats
+from .options import Amp, Augment, Backward, CscMode, CtrlImage, CtrlMode, Optimizer, Schedule, Select, floats
 from .progress import JobProgress, TrainView
 
 _D = TrainConfig.defaults()
@@ -21,12 +21,13 @@ DATA, MODEL, CSC, OPTIM, LR, WARM, ROBUST, CTRL, HARDWARE = (
     "Robustness (classifiers)", "The CTRL game (autoencoders)", "Hardware & reproducibility")
 
 
-def _opt(*names: str, help: str, panel: Optional[str] = None, default: object = None):
+def _opt(*names: str, help: str, panel: Optional[str] = None, default: object = None,
+         metavar: Optional[str] = None):
     """An optional flag (None: not given, so a recipe's or resume state's value stands) whose help
     shows the built-in default (that of the field the first name spells, or ``default``)."""
     shown = _D.get(names[0].lstrip("-").split("/")[0].replace("-", "_")) if default is None else default
     return typer.Option(None, *names, help=help, show_default=str(shown) if shown is not None else False,
-                        rich_help_panel=panel)
+                        rich_help_panel=panel, metavar=metavar)
 
 
 @command(example=[
@@ -88,7 +89,8 @@ def train(
     ctrl_mode: Optional[CtrlMode] = _opt("--ctrl-mode", help="With labels (multi) or not.", panel=CTRL),
     feature_dim: Optional[int] = _opt("--feature-dim", help="Feature dimension d.", panel=CTRL),
     encoder_steps: Optional[int] = _opt("--encoder-steps", help="Encoder steps per decoder step.", panel=CTRL),
-    width: Optional[int] = _opt("--width", help="Autoencoder channel width w.", panel=CTRL, default="64 dcgan32, 32 resnet"),
+    width: Optional[int] = _opt("--width", help="Width w.", panel=CTRL, default="64 dcgan32, 32 resnet"),
+    ctrl_image: Optional[CtrlImage] = _opt("--ctrl-image", help="Image: synthesis or code.", panel=CTRL, metavar="<str>"),
     pixel_weight: Optional[float] = _opt("--pixel-weight", help="Decoder pixel term (0: off).", panel=CTRL),
     feature_weight: Optional[float] = _opt("--feature-weight", help="Decoder feature term (0: off).", panel=CTRL),
     encoder_pixel_weight: Optional[float] = _opt("--encoder-pixel-weight", help="Encoder pixel term (0: off).",
@@ -126,7 +128,7 @@ def train(
                  deterministic=deterministic, device=device, val_split=val_split, select=select, out=out,
                  init=init, checkpoint_every=checkpoint_every, max_batches=max_batches,
                  image_size=image_size, workers=workers, ctrl_mode=ctrl_mode, feature_dim=feature_dim,
-                 encoder_steps=encoder_steps, width=width, pixel_weight=pixel_weight, feature_weight=feature_weight,
+                 encoder_steps=encoder_steps, width=width, ctrl_image=ctrl_image, pixel_weight=pixel_weight, feature_weight=feature_weight,
                  encoder_pixel_weight=encoder_pixel_weight, continuation=continuation, distill=distill,
                  distill_temperature=distill_temperature, teacher=teacher, noise_augment=noise_augment,
                  lambda_jitter=_pair(lambda_jitter, "--lambda-jitter") if lambda_jitter else None,

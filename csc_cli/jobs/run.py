@@ -160,7 +160,9 @@ def same_run(config: TrainConfig, meta: Dict[str, Any], arch: str) -> None:
                          f"not of {arch} (csc={config.csc})")
     stored = meta.get("config") or {}
     if config.autoencoder:  # the autoencoder's shape: a resume cannot change it
-        for key in ("width", "feature_dim"):
+        if config.csc == "all":  # a CSC-CTRL state from before issue 30 made its image as the sparse code
+            stored = {"ctrl_image": "code", **stored}
+        for key in ("width", "feature_dim", "ctrl_image"):
             if key in stored and stored[key] != getattr(config, key):
                 raise ValueError(f"{config.resume} is the state of a run with {key}={stored[key]}, not "
                                  f"{getattr(config, key)}: drop --{key.replace('_', '-')} to resume it")

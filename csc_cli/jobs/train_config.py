@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..choices import (AMP_MODES, CSC_MODES, CTRL_ARCHS, CTRL_MODES, GAME_OPTIMIZER, OPTIMIZERS, SCHEDULES,
+from ..choices import (AMP_MODES, CSC_MODES, CTRL_ARCHS, CTRL_IMAGES, CTRL_MODES, GAME_OPTIMIZER, OPTIMIZERS, SCHEDULES,
                        SELECT_MODES)
 
 
@@ -66,6 +66,9 @@ class TrainConfig:
     ctrl_mode: str = "multi"  # multi (labels) or binary (label-free)
     feature_dim: int = 128
     width: Optional[int] = None  # the autoencoder's channel width (None: the architecture's, 64 / 32)
+    # CSC-CTRL's image: the synthesis x = D_1 z_1 of the last sparse code (the default since issue 30) or
+    # "code", the sparse code itself (the layout before; csc_cli.autoencoders, design choice 3)
+    ctrl_image: str = "synthesis"
     encoder_steps: int = 1  # encoder steps per decoder step
     first_step_dr: bool = False  # the first encoder step maximises dR(Z) alone (CTRL's CIFAR-10 setting)
     eps2: float = 0.5  # epsilon squared of the coding rate
@@ -132,6 +135,8 @@ class TrainConfig:
 
         stored = read_state_meta(path).get("config") or {}
         known = {k: v for k, v in stored.items() if k in cls.defaults()}
+        if stored.get("arch") in CTRL_ARCHS and stored.get("csc") == "all" and "ctrl_image" not in stored:
+            known["ctrl_image"] = "code"  # a CSC-CTRL run from before issue 30: its image was the sparse code
         known.update(resume=str(path), out=str(Path(path).parent))
         return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -178,6 +183,9 @@ class TrainConfig:
         need(min(self.pixel_weight, self.feature_weight, self.encoder_pixel_weight) >= 0,
              "pixel_weight, feature_weight and encoder_pixel_weight must be >= 0")
         need(self.width is None or self.width >= 1, f"width must be >= 1, got {self.width}")
+        need(self.ctrl_image in CTRL_IMAGES, f"ctrl_image must be one of {', '.join(CTRL_IMAGES)}, got {self.ctrl_image!r}")
+        need(self.ctrl_image == "synthesis" or self.csc == "all" or not self.autoencoder,
+             "--ctrl-image code is CSC-CTRL's (--csc all): CTRL's decoder is a plain transposed conv")
         need(all(0 <= b < 1 for b in (self.encoder_beta1, self.encoder_beta2, self.decoder_beta1, self.decoder_beta2)),
              "Adam betas must be in [0, 1)")
         need(0 <= self.continuation <= 1, f"continuation must be a share of the run in [0, 1], got {self.continuation}")

@@ -55,7 +55,8 @@ def test_every_file_is_a_png_of_a_sensible_size(tiny_aes, tmp_path, csc):
     atoms = r["atoms"]
     assert list(atoms) == ["encoder.conv1", "encoder.conv2", "encoder.conv3", "encoder.conv4",
                            "decoder.deconv1", "decoder.deconv2", "decoder.deconv3", "decoder.deconv4"]
-    assert all(a["csc"] is (csc == "all") for a in atoms.values())
+    # CSC-CTRL: every layer a dictionary of a CSC layer but the image's synthesis (a transposed conv)
+    assert [name for name, a in atoms.items() if a["csc"]] == ([] if csc == "none" else list(atoms)[:-1])
     assert atoms["encoder.conv1"]["shown_as"] == "grey" and atoms["encoder.conv2"]["shown_as"] == "first channel"
     if csc == "none":  # a transposed conv's pattern per input channel: the last one paints the 1-channel image
         assert atoms["decoder.deconv4"]["shown_as"] == "grey" and atoms["decoder.deconv4"]["atoms"] == 64
@@ -129,9 +130,10 @@ def test_cli_inspect_json_on_an_autoencoder(cli, tiny_aes, tmp_path):
     assert r["reconstruction"]["images"] == 8 and r["test_features"] == 100
     assert {p.split("/")[-1] for p in r["files"]} == FILES and all((out / f).exists() for f in FILES)
     assert math.isfinite(r["block_diagonal"]["zz"])
+    assert r["decoder_image"] == "synthesis"  # the default CSC-CTRL layout (issue 30)
     code, stdout, err = cli(["inspect", tiny_aes["none"], "--out", str(tmp_path / "table"), "--features", "50"])
     assert code in (0, None), err
-    assert "block-diagonal" in stdout and "reconstructions.png" in stdout
+    assert "block-diagonal" in stdout and "reconstructions.png" in stdout and "(CTRL, d " in stdout
 
 
 def test_cli_refuses_classifier_options_on_an_autoencoder(cli, tiny_aes, tmp_path):

@@ -265,6 +265,8 @@ def test_every_shipped_recipe_parses(recipe):
         # issue 32: an option one task family would ignore is refused, naming the family
         (["train", "--width", "16"], "options of the CTRL game"),
         (["train", "--pixel-weight", "1"], "options of the CTRL game"),
+        (["train", "--ctrl-image", "code"], "options of the CTRL game"),
+        (["train", "--arch", "ctrl_dcgan32", "--csc", "none", "--ctrl-image", "code"], "--ctrl-image code is CSC-CTRL's"),
         (["train", "--arch", "ctrl_dcgan32", "--csc", "all", "--ema", "0.9"], "classifier options"),
         (["train", "--arch", "ctrl_dcgan32", "--csc", "all", "--deterministic"], "classifier options"),
         (["train", "--arch", "ctrl_dcgan32", "--csc", "all", "--compile"], "classifier options"),

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...autoencoders import check_trained
+from ...autoencoders import check_trained, decoder_image
 from ...checkpoint import load, read_card
 from ...data.source import open_split
 from ...layers import CSCConvNd
@@ -88,6 +88,8 @@ class AEInspectResult:
     atoms: Dict[str, Any]
     files: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    #: CSC-CTRL's image stage: 'synthesis' (x = D_1 z_1), 'code' (before issue 30) or None (CTRL)
+    decoder_image: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -377,4 +379,5 @@ def run_ae_inspect(config: AEInspectConfig, progress: Optional[ProgressFn] = Non
     return AEInspectResult(model=config.model, dataset=test.name, arch=card.arch, feature_dim=int(z.shape[1]),
                            test_features=int(z.shape[0]), train_features=int(z_train.shape[0]),
                            reconstruction=reconstruction, singular_values=top, block_diagonal=block,
-                           self_consistency=consistency, atoms=atoms, files=files, notes=notes)
+                           self_consistency=consistency, atoms=atoms, files=files, notes=notes,
+                           decoder_image=decoder_image(model))

@@ -265,7 +265,8 @@ def _build(config: TrainConfig, in_chans: int, image_size: int) -> nn.Module:
             raise ValueError(f"{config.init} is a classifier: the CTRL game trains autoencoders")
         return model
     options = {} if config.csc == "none" else dict(lam=config.lam, steps=config.steps, nonneg=config.nonneg,
-                                                   mu=config.mu, method=config.method, backward=config.backward)
+                                                   mu=config.mu, method=config.method, backward=config.backward,
+                                                   image=config.ctrl_image)
     size = image_size if config.arch == "ctrl_resnet" else None
     return build_autoencoder(config.arch, in_chans=in_chans, feature_dim=config.feature_dim, csc=config.csc,
                              image_size=size, width=config.width, **options)

@@ -84,7 +84,7 @@ class ClassifierTraining(TaskFamily):
 
     def prepare(self, config: TrainConfig, device: torch.device) -> None:
         game_only = [flag for flag, value, default in (
-            ("--width", config.width, None), ("--pixel-weight", config.pixel_weight, 0.0),
+            ("--width", config.width, None), ("--ctrl-image", config.ctrl_image, "synthesis"), ("--pixel-weight", config.pixel_weight, 0.0),
             ("--feature-weight", config.feature_weight, 0.0), ("--encoder-pixel-weight", config.encoder_pixel_weight, 0.0),
             ("--encoder-steps", config.encoder_steps, 1), ("--ctrl-mode", config.ctrl_mode, "multi"),
             ("--feature-dim", config.feature_dim, 128), ("first_step_dr", config.first_step_dr, False),
