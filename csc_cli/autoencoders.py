@@ -50,12 +50,14 @@ the surgery engine (:func:`csc_cli.surgery.edit_model`, so a model file replays 
    sparse deconvolution's code (``image='synthesis'``, the default since issue 30): the decoder's
    last layer stays a transposed conv, so ``x = tanh(D_1 z_1)`` with ``z_1`` the previous stage's
    (BN'd) code and ``D_1`` that layer's weight -- the paper's generative model ``x = D_1 z_1``, where
-   the image is the synthesis of a sparse code and not itself sparse. ``image='code'`` is the layout
+   the image is the synthesis of a sparse code and not itself sparse (in ``ctrl_resnet``, z_1 is the
+   last block's output, the ReLU of a residual sum). ``image='code'`` is the layout
    before issue 30: the last decoder layer is a sparse deconvolution too, with a signed code that
    *is* the image before tanh. Its l1 term pulls every pixel towards 0, mid-grey after tanh, so it
-   fights a digit's -1 background; on the pixel-MSE yardstick (digits, lr 3e-3) it costs 2.2 dB
-   against the synthesis (benchmarks/RESULTS.md, "CSC-CTRL at least as good as CTRL").
-   ``csc_options`` apply to every CSC layer, except that the signed ends are always signed.
+   fights a digit's -1 background; on the pixel-MSE yardstick (digits, lr 3e-3) it costs 1.5 dB
+   against the synthesis over three seeds (benchmarks/RESULTS.md, "CSC-CTRL at least as good as
+   CTRL?"). ``csc_options`` apply to every CSC layer, except that the end layers that are CSC layers
+   (the features' always, the image's with ``image='code'``) take signed codes whatever they say.
 4. A CSC layer whose code goes to the next CSC layer with no BN in between (``ctrl_dcgan32``'s first
    encoder layer: CTRL has no BN there) returns it in conv units (``units='conv'``: the code times
    ``||W_m|| / t``) unless ``csc_options`` name the units: in code units its output is ~``t`` (~0.1)
@@ -374,8 +376,8 @@ def ctrl_resnet(pretrained: bool = False, **kwargs: Any) -> CTRLAutoencoder:
 # ----------------------------------------------------------------------------- CTRL / CSC-CTRL
 def autoencoder_layout(model: nn.Module) -> Dict[str, List[str]]:
     """What ``csc='all'`` edits, by module name: ``convs`` (every conv and transposed conv, in
-    order), ``ends`` (the last encoder conv and the last decoder conv: signed codes, what follows
-    them kept), ``activations`` (the activation right after each other conv, after its BN when it
+    order), ``ends`` (the last encoder conv and the last decoder conv: signed codes when they are CSC
+    layers -- the decoder's stays a conv with ``image='synthesis'`` -- and what follows them kept), ``activations`` (the activation right after each other conv, after its BN when it
     has one: these become identities) and ``unnormalized`` (the other convs with no BN after them:
     conv units). Read from the registration order of each container, which is forward order in
     these architectures up to a residual addition."""
@@ -412,8 +414,8 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
     ``image`` is how CSC-CTRL's decoder makes the image: ``'synthesis'`` (the last layer stays a
     transposed conv, ``x = D_1 z_1``) or ``'code'`` (a sparse deconvolution whose signed code is the
     image: the layout before issue 30). ``csc_options`` (``lam``, ``steps``, ``nonneg``, ``units``...)
-    go to every CSC layer (defaults ``lam=0.1, steps=2, units='code'``), except that the ends are
-    always signed. The model's card says ``task='autoencoder'`` and names the image stage in its
+    go to every CSC layer (defaults ``lam=0.1, steps=2, units='code'``), except that an end that is a
+    CSC layer is always signed. The model's card says ``task='autoencoder'`` and names the image stage in its
     notes (``decoder_image``); its edit log rebuilds it on load."""
     if arch not in AUTOENCODER_ARCHS:
         raise ValueError(f"unknown autoencoder {arch!r}; choose one of {', '.join(AUTOENCODER_ARCHS)}")
