@@ -35,12 +35,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from csc_cli.autoencoders import autoencoder_layout, build_autoencoder  # noqa: E402
-from csc_cli.card import Edit  # noqa: E402
+from csc_cli.autoencoders import autoencoder_layout, build_autoencoder, csc_ctrl_edits  # noqa: E402
 from csc_cli.data import load_dataset  # noqa: E402
 from csc_cli.data.pipeline import split_holdout  # noqa: E402
+from csc_cli.layers import CSCConvNd  # noqa: E402
 from csc_cli.metrics import psnr  # noqa: E402
-from csc_cli.surgery import edit_model, set_input_normalization, to_csc_edit  # noqa: E402
+from csc_cli.surgery import edit_model, set_input_normalization  # noqa: E402
 from ctrl_yardsticks import pair_arguments, train_on_mse  # noqa: E402  (beside this script)
 
 DEFAULTS: Dict[str, Any] = {"parts": "all", "last": "sparse", "lam": 0.1, "steps": 2, "units": "auto",
@@ -83,41 +83,39 @@ def parse_variant(text: str) -> tuple:
 
 
 def build(spec: Dict[str, Any], in_chans: int, feature_dim: int, width: int) -> torch.nn.Module:
-    """The CTRL pair, then the conversions ``spec`` asks for (build_autoencoder's rules otherwise)."""
+    """The CTRL pair, then the edits of ``build_autoencoder`` (``csc_ctrl_edits``) that ``spec``
+    keeps, with the options it changes."""
     model = build_autoencoder("ctrl_dcgan32", in_chans=in_chans, feature_dim=feature_dim, csc="none", width=width)
     layout = autoencoder_layout(model)
     parts = {"all": ("encoder", "decoder"), "none": (), "encoder": ("encoder",), "decoder": ("decoder",)}[spec["parts"]]
     non_ends = [n for n in layout["convs"] if n not in layout["ends"]]
-    activation_of = dict(zip(non_ends, layout["activations"]))  # dcgan32: one activation per inner conv
-    for name in layout["convs"]:
-        if name.split(".")[0] not in parts:
-            continue
-        last = name == layout["ends"][1]
-        if last and spec["last"] == "synthesis" or name.split(".")[-1] in spec["skip"].split("/"):
-            continue  # x = D z_1: the transposed conv stays a synthesis operator
-        options: Dict[str, Any] = {"lam": spec["lam"], "steps": spec["steps"]}
-        if spec["units"] != "auto":
-            options["units"] = spec["units"]
-        elif name in layout["unnormalized"]:
-            options["units"] = "conv"
-        if name.startswith("decoder.") and not last:
+    conv_of = dict(zip(layout["activations"], non_ends))  # dcgan32: one activation per inner conv
+    image_layer = layout["ends"][1]
+    options: Dict[str, Any] = {"lam": spec["lam"], "steps": spec["steps"]}
+    if spec["units"] != "auto":
+        options["units"] = spec["units"]
+    kept = []
+    for edit in csc_ctrl_edits(model, "synthesis" if spec["last"] == "synthesis" else "code", **options):
+        conv = conv_of.get(edit.target, edit.target)
+        if conv.split(".")[0] not in parts or conv.split(".")[-1] in spec["skip"].split("/"):
+            continue  # left a conv, and the activation after it kept
+        if edit.op == "to_csc" and conv.startswith("decoder.") and conv != image_layer:
             if spec["dec_lam"] is not None:
-                options["lam"] = spec["dec_lam"]
+                edit.options["lam"] = spec["dec_lam"]
             if spec["dec_steps"]:
-                options["steps"] = spec["dec_steps"]
+                edit.options["steps"] = spec["dec_steps"]
             if spec["dec_units"]:
-                options["units"] = spec["dec_units"]
+                edit.options["units"] = spec["dec_units"]
             if spec["dec_signed"]:
-                options["nonneg"] = False
-        if name in layout["ends"]:
-            options["nonneg"] = False
-        if last and spec["last_lam"] is not None:
-            options["lam"] = spec["last_lam"]
-        edit_model(model, to_csc_edit(model.get_submodule(name), name, **options))
-        if last and spec["last"] == "offset":  # a learned offset per channel, added to the code before tanh
-            model.get_submodule(name).bias = torch.nn.Parameter(torch.zeros(in_chans))
-        if name in activation_of:
-            edit_model(model, Edit("identity", activation_of[name]))
+                edit.options["nonneg"] = False
+        if edit.op == "to_csc" and conv == image_layer and spec["last_lam"] is not None:
+            edit.options["lam"] = spec["last_lam"]
+        kept.append(edit)
+    for edit in kept:
+        edit_model(model, edit)
+    if spec["last"] == "offset" and isinstance(model.get_submodule(image_layer), CSCConvNd):
+        # a learned offset per channel, added to the image's code before tanh
+        model.get_submodule(image_layer).bias = torch.nn.Parameter(torch.zeros(in_chans))
     return model
 
 

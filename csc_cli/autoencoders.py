@@ -97,14 +97,12 @@ from .choices import CTRL_IMAGES
 from .registry import create_model
 from .surgery import card_of, convertible, edit_model, find_convs, input_normalization, to_csc_edit
 
-__all__ = ["IMAGE_STAGES", "CTRLAutoencoder", "DownBlock", "UpBlock", "FeatureMap", "Sphere", "build_autoencoder", "is_autoencoder",
-           "autoencoder_layout", "decoder_image", "untrained_norms", "check_trained", "AUTOENCODER_ARCHS", "CTRL_MEAN", "CTRL_STD"]
+__all__ = ["CTRLAutoencoder", "DownBlock", "UpBlock", "FeatureMap", "Sphere", "build_autoencoder", "is_autoencoder",
+           "autoencoder_layout", "csc_ctrl_edits", "decoder_image", "untrained_norms", "check_trained", "AUTOENCODER_ARCHS", "CTRL_MEAN", "CTRL_STD"]
 
 CTRL_MEAN = 0.5  # per channel: (x - 0.5) / 0.5 maps [0, 1] images to CTRL's [-1, 1]
 CTRL_STD = 0.5
 AUTOENCODER_ARCHS = ("ctrl_dcgan32", "ctrl_resnet")
-#: CSC-CTRL's decoder output: the synthesis x = D_1 z_1 (default) or the sparse code itself (before issue 30)
-IMAGE_STAGES = CTRL_IMAGES
 RESNET_IMAGE_SIZES = (64, 128)
 _CHANNEL_MULTIPLIERS = (1, 2, 4, 8, 8)  # ctrl_resnet's stage widths, in units of `width`
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
@@ -421,8 +419,8 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
         raise ValueError(f"unknown autoencoder {arch!r}; choose one of {', '.join(AUTOENCODER_ARCHS)}")
     if csc not in ("all", "none"):
         raise ValueError(f"csc must be 'all' (CSC-CTRL) or 'none' (CTRL), got {csc!r}")
-    if image not in IMAGE_STAGES:
-        raise ValueError(f"image must be one of {', '.join(IMAGE_STAGES)}, got {image!r}")
+    if image not in CTRL_IMAGES:
+        raise ValueError(f"image must be one of {', '.join(CTRL_IMAGES)}, got {image!r}")
     if csc == "none" and (csc_options or image != "synthesis"):
         extra = sorted(csc_options) + (["image"] if image != "synthesis" else [])
         raise ValueError(f"CSC options {extra} need csc='all'")
@@ -439,22 +437,30 @@ def build_autoencoder(arch: str, in_chans: int = 3, feature_dim: int = 128, csc:
     card.task = "autoencoder"
     if csc == "none":
         return model
+    for edit in csc_ctrl_edits(model, image, **csc_options):
+        edit_model(model, edit)
+    card.notes["decoder_image"] = image
+    return model
+
+
+def csc_ctrl_edits(model: nn.Module, image: str = "synthesis", **csc_options: Any) -> List[Edit]:
+    """The edits that make the CTRL pair ``model`` CSC-CTRL (design choices 1-4 of the module
+    docstring), in order: a ``to_csc`` edit per conv (the image's transposed conv left out with
+    ``image='synthesis'``), then an ``identity`` edit per activation after a converted conv. Each
+    ``to_csc`` edit's ``options`` is that layer's, so a caller may change one before applying them."""
     layout = autoencoder_layout(model)
-    image_layer = layout["ends"][1]
     options = {**_CSC_DEFAULTS, **csc_options}
+    edits = []
     for name in layout["convs"]:
-        if name == image_layer and image == "synthesis":
+        if name == layout["ends"][1] and image == "synthesis":
             continue  # x = D_1 z_1: the last transposed conv is the synthesis by the dictionary D_1
         layer_options = dict(options)
         if name in layout["ends"]:
             layer_options["nonneg"] = False
         elif name in layout["unnormalized"] and "units" not in csc_options:
             layer_options["units"] = "conv"
-        edit_model(model, to_csc_edit(model.get_submodule(name), name, **layer_options))
-    for name in layout["activations"]:
-        edit_model(model, Edit("identity", name))
-    card.notes["decoder_image"] = image
-    return model
+        edits.append(to_csc_edit(model.get_submodule(name), name, **layer_options))
+    return edits + [Edit("identity", name) for name in layout["activations"]]
 
 
 def decoder_image(model: nn.Module) -> Optional[str]:

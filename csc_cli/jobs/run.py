@@ -33,7 +33,7 @@ from ..checkpoint import load, save
 from ..surgery import card_of
 from .common import resolve_device
 from .events import Event, ProgressFn, TrainDone, TrainStart, ignore
-from .train_config import TrainConfig
+from .train_config import TrainConfig, stored_config
 from .train_data import DataBundle, make_data
 from .training import EMA, csc_layer_stats, lr_at, refresh_step_sizes, restore_train_state, save_train_state
 
@@ -158,10 +158,8 @@ def same_run(config: TrainConfig, meta: Dict[str, Any], arch: str) -> None:
     if meta.get("arch") != arch or meta.get("csc") != config.csc:
         raise ValueError(f"{config.resume} is the state of a {meta.get('arch')} (csc={meta.get('csc')}) run, "
                          f"not of {arch} (csc={config.csc})")
-    stored = meta.get("config") or {}
+    stored = stored_config(meta)
     if config.autoencoder:  # the autoencoder's shape: a resume cannot change it
-        if config.csc == "all":  # a CSC-CTRL state from before issue 30 made its image as the sparse code
-            stored = {"ctrl_image": "code", **stored}
         for key in ("width", "feature_dim", "ctrl_image"):
             if key in stored and stored[key] != getattr(config, key):
                 raise ValueError(f"{config.resume} is the state of a run with {key}={stored[key]}, not "

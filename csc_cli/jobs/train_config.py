@@ -133,10 +133,8 @@ class TrainConfig:
         keep writing beside it; ``overrides`` that are not None win."""
         from ..checkpoint import read_state_meta
 
-        stored = read_state_meta(path).get("config") or {}
+        stored = stored_config(read_state_meta(path))
         known = {k: v for k, v in stored.items() if k in cls.defaults()}
-        if stored.get("arch") in CTRL_ARCHS and stored.get("csc") == "all" and "ctrl_image" not in stored:
-            known["ctrl_image"] = "code"  # a CSC-CTRL run from before issue 30: its image was the sparse code
         known.update(resume=str(path), out=str(Path(path).parent))
         return cls(**{**known, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -212,6 +210,16 @@ class TrainConfig:
     def autoencoder(self) -> bool:
         """Whether this run plays the CTRL game (an autoencoder --arch; an --init file says so itself)."""
         return self.arch in CTRL_ARCHS
+
+
+def stored_config(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The config a resume state's metadata records, with what a state written before a setting
+    existed meant by its absence: a CSC-CTRL run from before issue 30 made its image as the sparse
+    code (``ctrl_image='code'``)."""
+    stored = dict(meta.get("config") or {})
+    if stored.get("arch") in CTRL_ARCHS and stored.get("csc") == "all":
+        stored.setdefault("ctrl_image", "code")
+    return stored
 
 
 def _slug(name: str) -> str:
